@@ -1,0 +1,7 @@
+"""The Definitions object of the code location; nothing else."""
+
+import dagster as dg
+
+from metering_pipeline.defs.resources import default_resources
+
+defs = dg.Definitions(resources=default_resources(), executor=dg.in_process_executor)

@@ -1,0 +1,211 @@
+"""Every environment variable the pipeline reads, in one place, validated at start-up.
+
+Defaults run the whole product on one machine with no network: a DuckDB warehouse and source
+under ``.metering/`` (git ignores it), a SQLite Dagster instance, and the Stripe sandbox.
+Each bad value raises ``SettingsError`` naming the variable, the value and what would be accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+SANDBOX_DEFAULT_PORT = 12111
+SANDBOX_API_KEY = "sk_test_metering_sandbox"
+LATE_USAGE_POLICIES = ("hold", "invoice_item", "write_off")
+AGGREGATION_MODES = ("sum", "count", "max", "last_during_period", "last_ever")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and the fix."""
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or metadata."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    warehouse_url: str
+    source_url: str
+    source_dir: Path | None
+    stripe_api_key: Secret
+    stripe_api_base: str | None
+    stripe_meter_events_base: str | None
+    uses_sandbox: bool
+    customer_metadata_key: str
+    meter_modes: Mapping[str, str]
+    partitions_start: str
+    reconciliation_threshold: Decimal
+    late_usage_policy: str
+    schedule_lag_minutes: int
+    late_lookback_hours: int
+    stripe_requests_per_second: float
+    stripe_max_retries: int
+    quantity_min: Decimal
+    quantity_max: Decimal
+    max_quarantine_share: Decimal
+    extract_batch_rows: int
+    alert_webhook_url: str | None
+    finalization_grace_hours: int = field(default=1)
+
+    @property
+    def warehouse_kind(self) -> str:
+        return url_kind(self.warehouse_url, "METERING_WAREHOUSE_URL")
+
+    @property
+    def source_kind(self) -> str:
+        return url_kind(self.source_url, "METERING_SOURCE_URL")
+
+
+def url_kind(url: str, variable: str) -> str:
+    """'duckdb' or 'postgres', from a warehouse or source URL."""
+    if url.startswith("duckdb:///"):
+        return "duckdb"
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return "postgres"
+    raise SettingsError(
+        f"{variable}={url!r} is not a supported URL; use duckdb:///path/to/file.duckdb "
+        "or postgresql://user@host:port/database"
+    )
+
+
+def duckdb_path(url: str) -> Path:
+    return Path(url.removeprefix("duckdb:///"))
+
+
+def _decimal(env: Mapping[str, str], name: str, default: str, low: Decimal | None = None) -> Decimal:
+    raw = env.get(name, default)
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise SettingsError(f"{name}={raw!r} is not a number; e.g. {name}={default}") from None
+    if not value.is_finite() or (low is not None and value < low):
+        raise SettingsError(f"{name}={raw!r} must be a finite number >= {low}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    raw = env.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number; e.g. {name}={default}") from None
+    if value < low:
+        raise SettingsError(f"{name}={raw!r} must be >= {low}")
+    return value
+
+
+def _meter_modes(raw: str) -> dict[str, str]:
+    """Parse ``event_name=mode,...`` (or a JSON object) into a mapping, checking each mode."""
+    if not raw.strip():
+        return {}
+    try:
+        pairs = json.loads(raw) if raw.lstrip().startswith("{") else None
+    except json.JSONDecodeError as error:
+        raise SettingsError(f"METERING_METER_MODES is not valid JSON: {error}") from None
+    if pairs is None:
+        pairs = {}
+        for item in raw.split(","):
+            name, sep, mode = item.partition("=")
+            if not sep:
+                raise SettingsError(
+                    f"METERING_METER_MODES entry {item!r} must look like event_name=mode"
+                )
+            pairs[name.strip()] = mode.strip()
+    for name, mode in pairs.items():
+        if mode not in AGGREGATION_MODES:
+            raise SettingsError(
+                f"METERING_METER_MODES gives meter {name!r} the mode {mode!r}; "
+                f"choose one of {', '.join(AGGREGATION_MODES)}"
+            )
+    return dict(pairs)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the environment. Pass ``env`` in tests instead of patching os.environ."""
+    env = os.environ if env is None else env
+    home = Path(env.get("METERING_HOME", ".metering")).resolve()
+    warehouse_url = env.get("METERING_WAREHOUSE_URL", f"duckdb:///{home / 'warehouse.duckdb'}")
+    source_url = env.get("METERING_SOURCE_URL", f"duckdb:///{home / 'source.duckdb'}")
+    url_kind(warehouse_url, "METERING_WAREHOUSE_URL")
+    url_kind(source_url, "METERING_SOURCE_URL")
+
+    source_dir = Path(env["METERING_SOURCE_DIR"]).resolve() if env.get("METERING_SOURCE_DIR") else None
+    if source_dir is not None and not source_dir.is_dir():
+        raise SettingsError(f"METERING_SOURCE_DIR={str(source_dir)!r} is not a folder")
+
+    key = env.get("STRIPE_API_KEY", "")
+    uses_sandbox = not key
+    if key and not key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
+        raise SettingsError(
+            "STRIPE_API_KEY does not look like a Stripe secret or restricted key "
+            "(sk_test_, sk_live_, rk_test_ or rk_live_); the value is not shown"
+        )
+    sandbox_base = f"http://127.0.0.1:{SANDBOX_DEFAULT_PORT}"
+    api_base = env.get("STRIPE_API_BASE") or (sandbox_base if uses_sandbox else None)
+    meter_events_base = env.get("STRIPE_METER_EVENTS_BASE") or (api_base if uses_sandbox else None)
+
+    policy = env.get("METERING_LATE_USAGE_POLICY", "hold")
+    if policy not in LATE_USAGE_POLICIES:
+        raise SettingsError(
+            f"METERING_LATE_USAGE_POLICY={policy!r}; choose one of {', '.join(LATE_USAGE_POLICIES)}"
+        )
+    rps = float(_decimal(env, "METERING_STRIPE_REQUESTS_PER_SECOND", "20", Decimal("0.1")))
+    quantity_min = _decimal(env, "METERING_QUANTITY_MIN", "-1000000000")
+    quantity_max = _decimal(env, "METERING_QUANTITY_MAX", "1000000000")
+    if quantity_min >= quantity_max:
+        raise SettingsError("METERING_QUANTITY_MIN must be below METERING_QUANTITY_MAX")
+    share = _decimal(env, "METERING_MAX_QUARANTINE_SHARE", "0.05", Decimal(0))
+    if share > 1:
+        raise SettingsError(f"METERING_MAX_QUARANTINE_SHARE={share} must be between 0 and 1")
+
+    return Settings(
+        home=home,
+        warehouse_url=warehouse_url,
+        source_url=source_url,
+        source_dir=source_dir,
+        stripe_api_key=Secret(key or SANDBOX_API_KEY),
+        stripe_api_base=api_base,
+        stripe_meter_events_base=meter_events_base,
+        uses_sandbox=uses_sandbox,
+        customer_metadata_key=env.get("METERING_CUSTOMER_METADATA_KEY", "metering_customer_id"),
+        meter_modes=_meter_modes(env.get("METERING_METER_MODES", "")),
+        partitions_start=env.get("METERING_PARTITIONS_START", "2026-01-01-00:00"),
+        reconciliation_threshold=_decimal(
+            env, "METERING_RECONCILIATION_THRESHOLD", "0.01", Decimal(0)
+        ),
+        late_usage_policy=policy,
+        schedule_lag_minutes=_int(env, "METERING_SCHEDULE_LAG_MINUTES", 15),
+        late_lookback_hours=_int(env, "METERING_LATE_LOOKBACK_HOURS", 3),
+        stripe_requests_per_second=rps,
+        stripe_max_retries=_int(env, "METERING_STRIPE_MAX_RETRIES", 6),
+        quantity_min=quantity_min,
+        quantity_max=quantity_max,
+        max_quarantine_share=share,
+        extract_batch_rows=_int(env, "METERING_EXTRACT_BATCH_ROWS", 250_000, low=1),
+        alert_webhook_url=env.get("METERING_ALERT_WEBHOOK_URL") or None,
+        finalization_grace_hours=_int(env, "METERING_FINALIZATION_GRACE_HOURS", 1, low=0),
+    )

@@ -1,0 +1,130 @@
+"""One small door to the warehouse (and the source), DuckDB or PostgreSQL behind the same calls.
+
+Pipeline-owned tables live in the ``metering`` schema; dbt models build into ``analytics``.
+SQL handed to ``execute`` uses ``%s``-free, dialect-neutral statements; parameters are passed
+with ``?`` placeholders and translated for psycopg here, so callers write one statement.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+
+from metering_pipeline.settings import duckdb_path, url_kind
+
+PIPELINE_SCHEMA = "metering"
+MODELS_SCHEMA = "analytics"
+
+
+@dataclass(frozen=True)
+class Database:
+    """A DuckDB file or a PostgreSQL database, addressed by URL."""
+
+    url: str
+
+    @property
+    def kind(self) -> str:
+        return url_kind(self.url, "database URL")
+
+    @property
+    def postgres_conninfo(self) -> str:
+        return re.sub(r"^postgres(ql)?(\+psycopg)?://", "postgresql://", self.url)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection that commits on success and rolls back on error."""
+        if self.kind == "duckdb":
+            path = duckdb_path(self.url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = duckdb.connect(str(path))
+            try:
+                raw.execute("begin")
+                yield Connection(raw, "duckdb")
+                raw.execute("commit")
+            except BaseException:
+                raw.execute("rollback")
+                raise
+            finally:
+                raw.close()
+        else:
+            with psycopg.connect(self.postgres_conninfo) as raw:
+                yield Connection(raw, "postgres")
+
+
+class Connection:
+    """The few operations the pipeline needs, with one placeholder style for both engines."""
+
+    def __init__(self, raw: Any, kind: str) -> None:
+        self.raw = raw
+        self.kind = kind
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.kind == "postgres" else sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        if self.kind == "postgres":
+            self.raw.execute(self._sql(sql), params)
+        else:
+            self.raw.execute(sql, params)
+
+    def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if self.kind == "postgres":
+            return self.raw.execute(self._sql(sql), params).fetchall()
+        return self.raw.execute(sql, params).fetchall()
+
+    def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
+        rows = self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self.kind == "postgres":
+            with self.raw.cursor() as cursor:
+                cursor.executemany(self._sql(sql), rows)
+        else:
+            self.raw.executemany(sql, rows)
+
+    def insert_arrow(self, table: str, batch: pa.Table | pa.RecordBatch) -> None:
+        """Append an Arrow batch to ``table`` (columns matched by name), COPY on PostgreSQL."""
+        if batch.num_rows == 0:
+            return
+        columns = ", ".join(batch.schema.names)
+        if self.kind == "duckdb":
+            self.raw.register("_arrow_batch", batch)
+            try:
+                self.raw.execute(f"insert into {table} ({columns}) select {columns} from _arrow_batch")
+            finally:
+                self.raw.unregister("_arrow_batch")
+            return
+        with self.raw.cursor() as cursor, cursor.copy(
+            f"copy {table} ({columns}) from stdin"
+        ) as copy:
+            for row in (batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])).to_pylist():
+                copy.write_row([row[name] for name in batch.schema.names])
+
+    def ensure_schema(self, schema: str = PIPELINE_SCHEMA) -> None:
+        self.execute(f"create schema if not exists {schema}")
+
+    def table_exists(self, qualified_name: str) -> bool:
+        schema, _, name = qualified_name.rpartition(".")
+        row = self.fetchone(
+            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            (schema or ("public" if self.kind == "postgres" else "main"), name),
+        )
+        return bool(row and row[0])
+
+    @contextmanager
+    def advisory_lock(self, key: str) -> Iterator[None]:
+        """Serialise writers of one key across processes (PostgreSQL); DuckDB files are
+        single-writer already, so the file lock held by this connection is the lock."""
+        if self.kind == "postgres":
+            self.execute("select pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+        yield
