@@ -99,3 +99,43 @@ class Catalog:
     meters: tuple[Meter, ...]
     prices: tuple[Price, ...]
     subscriptions: tuple[Subscription, ...]
+
+
+@dataclass(frozen=True)
+class InvoiceLine:
+    """One invoice line; ``subscription_item_id`` is None for invoice items added by hand."""
+
+    id: str
+    amount: int
+    currency: str
+    quantity: Decimal | None
+    period_start: datetime
+    period_end: datetime
+    subscription_item_id: str | None = None
+    price_id: str | None = None
+    invoice_item_id: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Invoice:
+    """An invoice or an invoice preview (``id`` None); amounts in minor units, as Stripe gives."""
+
+    id: str | None
+    customer_id: str
+    subscription_id: str | None
+    status: str | None
+    currency: str
+    subtotal: int
+    total: int
+    period_start: datetime
+    period_end: datetime
+    lines: tuple[InvoiceLine, ...]
+    created: datetime | None = None
+    automatically_finalizes_at: datetime | None = None
+
+    def amount_for_item(self, subscription_item_id: str) -> int:
+        """What this invoice charges for one subscription item, over all its lines."""
+        return sum(
+            line.amount for line in self.lines if line.subscription_item_id == subscription_item_id
+        )
