@@ -1,0 +1,1 @@
+"""Validation of raw usage: row routing rules in SQL, and the Great Expectations suite."""

@@ -1,0 +1,1 @@
+"""Reading raw usage from the source (a SQL table or a folder of files), and seeding it."""

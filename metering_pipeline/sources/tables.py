@@ -1,0 +1,66 @@
+"""The extract tables of docs/architecture.md, created on first use so any warehouse works."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from metering_pipeline.warehouse import Connection
+
+RAW_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "meter",
+    "quantity",
+    "occurred_at",
+    "received_at",
+    "reason",
+    "properties",
+)
+REQUIRED_SOURCE_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at")
+OPTIONAL_SOURCE_COLUMNS = ("received_at", "reason", "properties")
+
+_DDL = (
+    """
+    create table if not exists metering.raw_usage_events (
+        event_id text,
+        customer_id text,
+        meter text,
+        quantity text,
+        occurred_at timestamptz,
+        received_at timestamptz,
+        reason text,
+        properties text,
+        partition_hour timestamptz not null,
+        extracted_at timestamptz not null
+    )
+    """,
+    """
+    create table if not exists metering.extraction_watermarks (
+        partition_hour timestamptz not null primary key,
+        max_received_at timestamptz,
+        row_count bigint not null,
+        extracted_at timestamptz not null
+    )
+    """,
+)
+
+
+def sql_literal(value: object) -> str:
+    """A SQL literal both engines read alike; only for values the pipeline itself produced."""
+    if isinstance(value, datetime):
+        return f"cast('{value.isoformat()}' as timestamptz)"
+    if isinstance(value, Decimal):
+        return f"cast('{value}' as decimal(38, 12))"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def use_utc(connection: Connection) -> None:
+    """Naive timestamps are UTC (DESIGN §4.1), so every session reads and writes in UTC."""
+    connection.execute("set timezone = 'UTC'")
+
+
+def ensure_extract_tables(connection: Connection) -> None:
+    connection.ensure_schema()
+    for statement in _DDL:
+        connection.execute(statement)
