@@ -1,4 +1,4 @@
-"""Stripe objects (as the SDK returns them, dict-like) into the plain catalog values of ``billing``.
+"""Stripe objects (the SDK's, made plain dicts by ``to_dict()``) into ``billing`` catalog values.
 
 Field names follow API 2026-10-28.endive: invoices and lines point to their subscription through
 ``parent``; a metered price names its meter in ``recurring.meter``; ``billing_mode.type``.
@@ -114,8 +114,8 @@ def event(obj: Obj) -> StripeEvent:
         id=obj["id"],
         type=obj["type"],
         created=moment(obj["created"]),
-        data_object=_plain(data["object"]),
-        previous_attributes=_plain(previous) if previous is not None else None,
+        data_object=_json_safe(data["object"]),
+        previous_attributes=_json_safe(previous) if previous is not None else None,
     )
 
 
@@ -174,10 +174,10 @@ def _decimal(text: str | None, whole: int | None) -> Decimal | None:
     return None if whole is None else Decimal(whole)
 
 
-def _plain(value: Any) -> Any:
-    """SDK objects into plain dicts and lists, so they can be stored and compared."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+def _json_safe(value: Any) -> Any:
+    """The SDK parses ``*_decimal`` fields into Decimal; events are stored as JSON, so keep text."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
+        return [_json_safe(item) for item in value]
+    return str(value) if isinstance(value, Decimal) else value

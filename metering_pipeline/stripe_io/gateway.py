@@ -164,7 +164,7 @@ class StripeGateway:
                 )
                 if not page.data:
                     break
-                events.extend(reversed(page.data))
+                events.extend(event.to_dict() for event in reversed(page.data))
                 cursor = page.data[0]["id"]
                 if not page.has_more:
                     break
@@ -209,7 +209,8 @@ class StripeGateway:
                 params={"customer": customer, "subscription": subscription}
             ),
         )
-        return convert.invoice(preview, list(preview["lines"]["data"]))
+        preview = preview.to_dict()
+        return convert.invoice(preview, preview["lines"]["data"])
 
     def list_invoices(
         self,
@@ -258,19 +259,13 @@ class StripeGateway:
             "identifier": identifier,
             "timestamp": int(timestamp.timestamp()),
         }
-        try:
-            self._call(
-                f"send meter event {identifier}",
-                context,
-                lambda: self._client.v1.billing.meter_events.create(params=params),
-            )
-        except StripeRejectedError as error:
-            if error.code == "duplicate_meter_event" or "already exists with identifier" in str(
-                error
-            ):
-                return "already_delivered"
-            raise
-        return "sent"
+        answer = self._call(
+            f"send meter event {identifier}",
+            context,
+            lambda: self._client.v1.billing.meter_events.create(params=params),
+            accept=_duplicate_identifier,
+        )
+        return "sent" if answer is not None else "already_delivered"
 
     def create_invoice_item(
         self,
@@ -308,7 +303,14 @@ class StripeGateway:
 
     # The retry loop ------------------------------------------------------------------------
 
-    def _call(self, operation: str, context: CallContext, request: Callable[[], T]) -> T:
+    def _call(
+        self,
+        operation: str,
+        context: CallContext,
+        request: Callable[[], T],
+        accept: Callable[[stripe.StripeError], bool] | None = None,
+    ) -> T | None:
+        """``request()`` with rate limit and retries; None when ``accept`` takes the error."""
         attempt = 0
         while True:
             self._limiter.acquire()
@@ -316,6 +318,8 @@ class StripeGateway:
             try:
                 return request()
             except stripe.StripeError as error:
+                if accept is not None and accept(error):
+                    return None
                 if attempt >= self.max_retries or not _retryable(error):
                     self._count(failures=1)
                     raise self._mapped(operation, context, error, attempt) from None
@@ -331,13 +335,13 @@ class StripeGateway:
         params: Mapping[str, Any] | None = None,
         context: CallContext | None = None,
     ) -> Iterator[Any]:
-        """Every object of a list endpoint, page by page, each page through the retry loop."""
+        """Every object of a list endpoint as a plain dict, each page through the retry loop."""
         params = {"limit": PAGE_SIZE, **(params or {})}
         while True:
             page = self._call(
                 operation, context or CallContext(), lambda params=params: list_page(params=params)
             )
-            yield from page.data
+            yield from (item.to_dict() for item in page.data)
             if not page.has_more or not page.data:
                 return
             params = {**params, "starting_after": page.data[-1]["id"]}
@@ -345,7 +349,7 @@ class StripeGateway:
     def _subscription_items(self, subscription: Any) -> list[Any]:
         embedded = subscription["items"]
         if not embedded.get("has_more"):
-            return list(embedded["data"])
+            return embedded["data"]
         return list(
             self._pages(
                 "list subscription items",
@@ -358,7 +362,7 @@ class StripeGateway:
     def _invoice_lines(self, invoice: Any, context: CallContext) -> list[Any]:
         embedded = invoice["lines"]
         if not embedded.get("has_more"):
-            return list(embedded["data"])
+            return embedded["data"]
         lines_service = self._client.v1.invoices.line_items
         return list(
             self._pages(
@@ -408,6 +412,14 @@ class StripeGateway:
             "Nothing was recorded; correct the data or the Stripe setup named above and run again",
             **common,
         )
+
+
+def _duplicate_identifier(error: stripe.StripeError) -> bool:
+    """Stripe's answer to a meter event whose identifier it already holds."""
+    message = error.user_message or ""
+    return error.http_status == 400 and (
+        error.code == "duplicate_meter_event" or "already exists with identifier" in message
+    )
 
 
 def _retryable(error: stripe.StripeError) -> bool:
