@@ -1,0 +1,1 @@
+"""The Stripe catalog in warehouse tables: validity intervals, billing periods, table writes."""
