@@ -100,6 +100,7 @@ class StripeGateway:
         self._sleep = sleep
         self._stats = GatewayStats()
         self._stats_lock = threading.Lock()
+        self._meter_locks: dict[tuple[str, str], threading.Lock] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StripeGateway:
@@ -253,18 +254,24 @@ class StripeGateway:
         run is the proof that the first attempt arrived: the caller marks the entry sent.
         """
         context = context or CallContext(customer=stripe_customer_id, meter=event_name)
+        operation = f"send meter event {identifier}"
+        try:
+            text = meter_value(value)
+        except ValueError as error:
+            raise ValueError(f"{operation} ({context.describe()}): {error}") from None
         params = {
             "event_name": event_name,
-            "payload": {"stripe_customer_id": stripe_customer_id, "value": meter_value(value)},
+            "payload": {"stripe_customer_id": stripe_customer_id, "value": text},
             "identifier": identifier,
             "timestamp": int(timestamp.timestamp()),
         }
-        answer = self._call(
-            f"send meter event {identifier}",
-            context,
-            lambda: self._client.v1.billing.meter_events.create(params=params),
-            accept=_duplicate_identifier,
-        )
+        with self._meter_lock(stripe_customer_id, event_name):
+            answer = self._call(
+                operation,
+                context,
+                lambda: self._client.v1.billing.meter_events.create(params=params),
+                accept=_duplicate_identifier,
+            )
         return "sent" if answer is not None else "already_delivered"
 
     def create_invoice_item(
@@ -372,6 +379,12 @@ class StripeGateway:
                 context,
             )
         )
+
+    def _meter_lock(self, customer: str, event_name: str) -> threading.Lock:
+        """Stripe takes one meter-event call at a time per customer and meter; queue here
+        rather than collect 429s when a push runs on several threads."""
+        with self._stats_lock:
+            return self._meter_locks.setdefault((customer, event_name), threading.Lock())
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:

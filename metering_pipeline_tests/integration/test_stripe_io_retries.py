@@ -39,6 +39,8 @@ class FakeStripe(ThreadingHTTPServer):
         self.script: list[tuple] = []
         self.events: dict[str, dict] = {}
         self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.lock = threading.Lock()
 
     @property
@@ -64,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status, {"error": {"type": "api_error", "message": message}}, headers
             )
         if fault[0] == "delay":
-            time.sleep(fault[1])
+            self._slow(fault[1])
         identifier = body["identifier"][0]
         with self.server.lock:
             duplicate = identifier in self.server.events
@@ -80,6 +82,15 @@ class _Handler(BaseHTTPRequestHandler):
             }
             return self._answer(400, {"error": error}, {"Stripe-Should-Retry": "false"})
         return self._answer(200, {"object": "billing.meter_event", "identifier": identifier}, {})
+
+    def _slow(self, seconds: float) -> None:
+        """Hold the request, counting how many are held at once (before any answer is sent)."""
+        with self.server.lock:
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        time.sleep(seconds)
+        with self.server.lock:
+            self.server.in_flight -= 1
 
     def _answer(self, status: int, payload: dict, headers: dict[str, str]) -> None:
         data = json.dumps(payload).encode()
@@ -222,3 +233,25 @@ def test_a_server_that_is_down_is_a_connection_failure(fake_stripe: FakeStripe) 
     with pytest.raises(StripeUnavailableError, match="no answer"):
         send(gw)
     assert gw.stats.api_calls == 3
+
+
+def test_a_fractional_value_is_refused_before_any_call(fake_stripe: FakeStripe) -> None:
+    gw = gateway(fake_stripe)
+    with pytest.raises(ValueError, match="customer cus_1, meter api_calls.*not a whole number"):
+        gw.send_meter_event("api_calls", "cus_1", Decimal("1.5"), NOW, "mp_abc_2")
+    assert fake_stripe.requests == 0
+
+
+def test_parallel_sends_for_one_customer_and_meter_go_one_at_a_time(
+    fake_stripe: FakeStripe,
+) -> None:
+    fake_stripe.script = [("delay", 0.05)] * 8
+    gw = gateway(fake_stripe)
+    identifiers = [f"mp_abc_{n}" for n in range(8)]
+    threads = [threading.Thread(target=send, args=(gw, i)) for i in identifiers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(fake_stripe.events) == sorted(identifiers)
+    assert fake_stripe.max_in_flight == 1
