@@ -58,3 +58,27 @@ def warehouse_url(request) -> str:
     if request.param == "duckdb":
         return request.getfixturevalue("duckdb_url")
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def stripe_sandbox():
+    """A fresh Stripe sandbox on a free loopback port (its own state), stopped afterwards.
+
+    It allows 1000 requests/s so tests are not throttled by accident; tests about the rate limit
+    start their own with `run_sandbox(requests_per_second=...)`.
+    """
+    from metering_pipeline.stripe_sandbox import run_sandbox
+
+    with run_sandbox(requests_per_second=1000.0) as handle:
+        yield handle
+
+
+@pytest.fixture
+def stripe_client(stripe_sandbox):
+    """The official SDK's client, pointed at the sandbox for both API and meter-event hosts."""
+    import stripe
+
+    return stripe.StripeClient(
+        "sk_test_sandbox_fixture_key",
+        base_addresses={"api": stripe_sandbox.url, "meter_events": stripe_sandbox.url},
+    )
