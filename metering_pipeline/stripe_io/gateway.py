@@ -394,7 +394,7 @@ class StripeGateway:
     def _mapped(
         self, operation: str, context: CallContext, error: stripe.StripeError, retries: int
     ) -> Exception:
-        detail = redact(error.user_message or type(error).__name__, self._key)
+        detail = redact(error.user_message or type(error).__name__, self._key).rstrip(". ")
         status = error.http_status
         common = {"http_status": status, "code": error.code, "request_id": error.request_id}
         if isinstance(error, stripe.AuthenticationError | stripe.PermissionError):
