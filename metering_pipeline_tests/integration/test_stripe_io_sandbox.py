@@ -4,7 +4,6 @@ meter events exactly once under injected faults, summaries, previews, invoices a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -16,7 +15,6 @@ from metering_pipeline.billing.identifiers import idempotency_key, meter_event_i
 from metering_pipeline.billing.tiers import amount_minor_units
 from metering_pipeline.stripe_io import StripeGateway, StripeRejectedError
 from metering_pipeline.stripe_io import gateway as gateway_module
-from metering_pipeline.stripe_sandbox import run_sandbox
 
 KEY = "sk_test_gateway_tests"
 GRADUATED_TIERS = [
@@ -27,36 +25,22 @@ GRADUATED_TIERS = [
 
 
 @pytest.fixture
-def sandbox() -> Iterator:
-    with run_sandbox(requests_per_second=1000) as handle:
-        yield handle
+def gateway(stripe_sandbox) -> StripeGateway:
+    return StripeGateway(KEY, stripe_sandbox.url, stripe_sandbox.url, 1000, 8, backoff_base=0.01)
 
 
 @pytest.fixture
-def sdk(sandbox) -> stripe.StripeClient:
-    """Sets up data the way a user would, with the SDK directly."""
-    return stripe.StripeClient(
-        KEY, base_addresses={"api": sandbox.url, "meter_events": sandbox.url}, max_network_retries=3
-    )
-
-
-@pytest.fixture
-def gateway(sandbox) -> StripeGateway:
-    return StripeGateway(KEY, sandbox.url, sandbox.url, 1000, 8, backoff_base=0.01)
-
-
-@pytest.fixture
-def billing(sdk: stripe.StripeClient) -> dict:
+def billing(stripe_client: stripe.StripeClient) -> dict:
     """A metered product on a graduated price, one customer subscribed to it."""
-    meter = sdk.v1.billing.meters.create(
+    meter = stripe_client.v1.billing.meters.create(
         params={
             "display_name": "API calls",
             "event_name": "api_calls",
             "default_aggregation": {"formula": "sum"},
         }
     )
-    product = sdk.v1.products.create(params={"name": "API"})
-    price = sdk.v1.prices.create(
+    product = stripe_client.v1.products.create(params={"name": "API"})
+    price = stripe_client.v1.prices.create(
         params={
             "product": product.id,
             "currency": "usd",
@@ -66,10 +50,10 @@ def billing(sdk: stripe.StripeClient) -> dict:
             "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
         }
     )
-    customer = sdk.v1.customers.create(
+    customer = stripe_client.v1.customers.create(
         params={"email": "ops@acme.test", "metadata": {"metering_customer_id": "acme"}}
     )
-    subscription = sdk.v1.subscriptions.create(
+    subscription = stripe_client.v1.subscriptions.create(
         params={"customer": customer.id, "items": [{"price": price.id}]}
     )
     return {
@@ -82,10 +66,12 @@ def billing(sdk: stripe.StripeClient) -> dict:
     }
 
 
-def advance(sdk: stripe.StripeClient, clock: str, to: datetime) -> None:
-    sdk.v1.test_helpers.test_clocks.advance(clock, params={"frozen_time": int(to.timestamp())})
+def advance(stripe_client: stripe.StripeClient, clock: str, to: datetime) -> None:
+    stripe_client.v1.test_helpers.test_clocks.advance(
+        clock, params={"frozen_time": int(to.timestamp())}
+    )
     deadline = time.monotonic() + 20
-    while sdk.v1.test_helpers.test_clocks.retrieve(clock).status != "ready":
+    while stripe_client.v1.test_helpers.test_clocks.retrieve(clock).status != "ready":
         assert time.monotonic() < deadline, "the test clock did not finish advancing"
         time.sleep(0.05)
 
@@ -95,12 +81,14 @@ def minute(moment: datetime) -> datetime:
 
 
 def test_fetch_catalog_reads_every_page(
-    sdk: stripe.StripeClient, gateway: StripeGateway, billing: dict, monkeypatch
+    stripe_client: stripe.StripeClient, gateway: StripeGateway, billing: dict, monkeypatch
 ) -> None:
     monkeypatch.setattr(gateway_module, "PAGE_SIZE", 2)
     for n in range(4):
-        sdk.v1.customers.create(params={"metadata": {"metering_customer_id": f"extra-{n}"}})
-    per_unit = sdk.v1.prices.create(
+        stripe_client.v1.customers.create(
+            params={"metadata": {"metering_customer_id": f"extra-{n}"}}
+        )
+    per_unit = stripe_client.v1.prices.create(
         params={
             "product": billing["product"].id,
             "currency": "usd",
@@ -109,7 +97,7 @@ def test_fetch_catalog_reads_every_page(
                           "meter": billing["meter"].id},
         }
     )  # fmt: skip
-    classic = sdk.v1.subscriptions.create(
+    classic = stripe_client.v1.subscriptions.create(
         params={
             "customer": billing["customer"].id,
             "items": [{"price": per_unit.id}],
@@ -172,9 +160,9 @@ def test_meter_event_is_counted_once_and_priced_like_stripe(
 
 
 def test_faults_do_not_change_what_stripe_counts(
-    sandbox, gateway: StripeGateway, billing: dict
+    stripe_sandbox, gateway: StripeGateway, billing: dict
 ) -> None:
-    sandbox.control.set_faults(
+    stripe_sandbox.control.set_faults(
         [
             {"path_prefix": "/v1/billing/meter_events", "method": "POST", "probability": 0.2,
              "action": "status", "status": 429, "should_retry": True},
@@ -198,14 +186,14 @@ def test_faults_do_not_change_what_stripe_counts(
         )
         for n in range(1, 61)
     ]
-    sandbox.control.clear_faults()
+    stripe_sandbox.control.clear_faults()
 
     window = (minute(now) - timedelta(hours=1), minute(now) + timedelta(hours=1))
     assert gateway.meter_event_summaries(billing["meter"].id, customer, *window) == Decimal(1830)
     assert gateway.stats.failures == 0
     assert set(outcomes) <= {"sent", "already_delivered"}
     # every injected fault, and only those, cost one retry; drops really happened
-    injected = sandbox.control.stats()["faults_injected"]
+    injected = stripe_sandbox.control.stats()["faults_injected"]
     assert injected.get("drop_response", 0) > 0, injected
     assert gateway.stats.retries == sum(injected.values()) > 0
     assert 0 < outcomes.count("already_delivered") <= injected["drop_response"]
@@ -221,12 +209,12 @@ def test_unknown_customer_is_rejected_with_its_name(gateway: StripeGateway, bill
 
 
 def test_list_events_follows_a_cursor_oldest_first(
-    sdk: stripe.StripeClient, gateway: StripeGateway, billing: dict, monkeypatch
+    stripe_client: stripe.StripeClient, gateway: StripeGateway, billing: dict, monkeypatch
 ) -> None:
     monkeypatch.setattr(gateway_module, "PAGE_SIZE", 2)
     types = ["customer.subscription.created", "customer.subscription.updated"]
     for n in range(3):
-        sdk.v1.subscriptions.create(
+        stripe_client.v1.subscriptions.create(
             params={"customer": billing["customer"].id, "items": [{"price": billing["price"].id}],
                     "metadata": {"n": str(n)}}
         )  # fmt: skip
@@ -235,16 +223,22 @@ def test_list_events_follows_a_cursor_oldest_first(
     assert first[0].data_object["id"] == billing["subscription"].id
     assert [e.created for e in first] == sorted(e.created for e in first)
 
-    sdk.v1.subscriptions.update(billing["subscription"].id, params={"metadata": {"seen": "1"}})
-    sdk.v1.subscriptions.update(billing["subscription"].id, params={"metadata": {"seen": "2"}})
-    sdk.v1.subscriptions.update(billing["subscription"].id, params={"metadata": {"seen": "3"}})
+    stripe_client.v1.subscriptions.update(
+        billing["subscription"].id, params={"metadata": {"seen": "1"}}
+    )
+    stripe_client.v1.subscriptions.update(
+        billing["subscription"].id, params={"metadata": {"seen": "2"}}
+    )
+    stripe_client.v1.subscriptions.update(
+        billing["subscription"].id, params={"metadata": {"seen": "3"}}
+    )
     later = gateway.list_events(first[-1].id, types)
     assert [e.data_object["metadata"]["seen"] for e in later] == ["1", "2", "3"]
     assert gateway.list_events(later[-1].id, types) == []
 
 
 def test_invoice_item_is_created_once_per_idempotency_key(
-    sdk: stripe.StripeClient, gateway: StripeGateway, billing: dict
+    stripe_client: stripe.StripeClient, gateway: StripeGateway, billing: dict
 ) -> None:
     customer = billing["customer"].id
     key = idempotency_key("late_usage", customer, billing["item"].id, 1234)
@@ -258,34 +252,38 @@ def test_invoice_item_is_created_once_per_idempotency_key(
     }
     first = gateway.create_invoice_item(**arguments)
     assert gateway.create_invoice_item(**arguments) == first
-    items = sdk.v1.invoice_items.list(params={"customer": customer}).data
+    items = stripe_client.v1.invoice_items.list(params={"customer": customer}).data
     assert [i.id for i in items] == [first]
     assert items[0].amount == 1234
 
 
-def test_finalized_invoice_is_read_with_its_lines(sdk: stripe.StripeClient, sandbox) -> None:
+def test_finalized_invoice_is_read_with_its_lines(
+    stripe_client: stripe.StripeClient, stripe_sandbox
+) -> None:
     start = datetime(2026, 11, 5, tzinfo=UTC)
-    clock = sdk.v1.test_helpers.test_clocks.create(params={"frozen_time": int(start.timestamp())})
-    meter = sdk.v1.billing.meters.create(
+    clock = stripe_client.v1.test_helpers.test_clocks.create(
+        params={"frozen_time": int(start.timestamp())}
+    )
+    meter = stripe_client.v1.billing.meters.create(
         params={"display_name": "Seats", "event_name": "seats",
                 "default_aggregation": {"formula": "sum"}}
     )  # fmt: skip
-    product = sdk.v1.products.create(params={"name": "Seats"})
-    price = sdk.v1.prices.create(
+    product = stripe_client.v1.products.create(params={"name": "Seats"})
+    price = stripe_client.v1.prices.create(
         params={"product": product.id, "currency": "usd", "billing_scheme": "tiered",
                 "tiers_mode": "volume", "tiers": GRADUATED_TIERS,
                 "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id}}
     )  # fmt: skip
-    customer = sdk.v1.customers.create(params={"test_clock": clock.id})
-    subscription = sdk.v1.subscriptions.create(
+    customer = stripe_client.v1.customers.create(params={"test_clock": clock.id})
+    subscription = stripe_client.v1.subscriptions.create(
         params={"customer": customer.id, "items": [{"price": price.id}]}
     )
-    gateway = StripeGateway(KEY, sandbox.url, sandbox.url, 1000, 3)
-    advance(sdk, clock.id, start + timedelta(days=3))
+    gateway = StripeGateway(KEY, stripe_sandbox.url, stripe_sandbox.url, 1000, 3)
+    advance(stripe_client, clock.id, start + timedelta(days=3))
     gateway.send_meter_event(
         "seats", customer.id, Decimal(1001), start + timedelta(days=2), "mp_seats_1"
     )
-    advance(sdk, clock.id, start + timedelta(days=31))
+    advance(stripe_client, clock.id, start + timedelta(days=31))
 
     invoices = gateway.list_invoices(subscription=subscription.id)
     usage = next(i for i in invoices if i.period_end == datetime(2026, 12, 5, tzinfo=UTC))
