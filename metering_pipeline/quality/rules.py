@@ -15,7 +15,8 @@ from metering_pipeline.quality.tables import ensure_quality_tables
 from metering_pipeline.sources.tables import ensure_extract_tables, sql_literal, use_utc
 from metering_pipeline.warehouse import Connection
 
-NUMBER_PATTERN = r"[+-]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][+-]?[0-9]+)?"
+# Spelled without "?" and "%": warehouse.Connection turns "?" into psycopg placeholders.
+NUMBER_PATTERN = r"[+-]{0,1}([0-9]+([.][0-9]*){0,1}|[.][0-9]+)([eE][+-]{0,1}[0-9]+){0,1}"
 # The largest magnitude decimal(38, 12) holds; beyond it a value is out of bounds whatever
 # the settings say, rather than an overflow error.
 DECIMAL_LIMIT = Decimal("1e26")
@@ -120,7 +121,7 @@ parsed as (
         ) as missing_fields,
         coalesce(
             customer_map.stripe_customer_id,
-            case when related.customer_id like 'cus\\_%' escape '\\'
+            case when left(related.customer_id, 4) = 'cus_'
                 then literal_customers.stripe_customer_id end
         ) as stripe_customer_id,
         coalesce(customer_map.matches, 0) as customer_matches,

@@ -126,7 +126,7 @@ def _read_duckdb(
             f"select * from (select {_projection(columns, f'{SOURCE_TABLE} at {redact(url)}')} "
             f"from {SOURCE_TABLE}) where {WINDOW_FILTER.format(start='$1', end='$2')}"
         )
-        reader = connection.raw.execute(sql, [start, end]).to_arrow_reader(batch_rows)
+        reader = connection.raw.sql(sql, params=[start, end]).to_arrow_reader(batch_rows)
         for batch in reader:
             yield _conform(batch)
 
@@ -174,7 +174,7 @@ def _read_files(
             f"select * from ({' union all '.join(selects)}) "
             f"where {WINDOW_FILTER.format(start='$1', end='$2')}"
         )
-        for batch in connection.execute(sql, [start, end]).to_arrow_reader(batch_rows):
+        for batch in connection.sql(sql, params=[start, end]).to_arrow_reader(batch_rows):
             yield _conform(batch)
     finally:
         connection.close()

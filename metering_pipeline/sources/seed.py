@@ -126,7 +126,7 @@ def _copy_to_postgres(raw, sql: str) -> None:
     generator = duckdb.connect()
     try:
         generator.execute("set timezone = 'UTC'")
-        reader = generator.execute(sql).to_arrow_reader(COPY_BATCH_ROWS)
+        reader = generator.sql(sql).to_arrow_reader(COPY_BATCH_ROWS)
         options = pa_csv.WriteOptions(include_header=False)
         with (
             raw.cursor() as cursor,
