@@ -15,6 +15,7 @@ from metering_pipeline.billing.identifiers import idempotency_key, meter_event_i
 from metering_pipeline.billing.tiers import amount_minor_units
 from metering_pipeline.stripe_io import StripeGateway, StripeRejectedError
 from metering_pipeline.stripe_io import gateway as gateway_module
+from metering_pipeline.stripe_sandbox import run_sandbox
 
 KEY = "sk_test_gateway_tests"
 GRADUATED_TIERS = [
@@ -292,3 +293,22 @@ def test_finalized_invoice_is_read_with_its_lines(
     assert usage.status in ("draft", "open", "paid")
     assert usage.amount_for_item(subscription["items"].data[0].id) == 801  # volume: 1001 x 0.8
     assert usage.total == 801
+
+
+@pytest.mark.parametrize(
+    ("client_rate", "throttled"),
+    [(15, False), (500, True)],
+    ids=["under-the-budget", "over-the-budget"],
+)
+def test_client_rate_limit_keeps_us_under_the_account_budget(
+    client_rate: float, throttled: bool
+) -> None:
+    """Under Stripe's budget no request is refused; over it, retries absorb the 429s."""
+    with run_sandbox(requests_per_second=20) as sandbox:
+        gateway = StripeGateway(KEY, sandbox.url, None, client_rate, 20, backoff_base=0.05)
+        for _ in range(12):
+            assert gateway.fetch_catalog().customers == ()  # 4 list calls each
+        refused = sandbox.control.stats()["by_status"].get("429", 0)
+    assert (refused > 0) is throttled
+    assert gateway.stats.retries == refused
+    assert gateway.stats.failures == 0
