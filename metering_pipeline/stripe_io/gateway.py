@@ -27,6 +27,7 @@ import stripe
 
 from metering_pipeline.billing.catalog import Catalog, Invoice, StripeEvent
 from metering_pipeline.billing.ledger import meter_value
+from metering_pipeline.billing.moments import as_utc
 from metering_pipeline.settings import Settings
 from metering_pipeline.stripe_io import convert
 from metering_pipeline.stripe_io.errors import (
@@ -180,7 +181,7 @@ class StripeGateway:
         after sending can lag by a few minutes.
         """
         context = CallContext(customer=customer, meter=meter or meter_id, period=(start, end))
-        for name, value in (("start", start), ("end", end)):
+        for name, value in (("start", as_utc(start, "start")), ("end", as_utc(end, "end"))):
             if value.second or value.microsecond:
                 raise ValueError(
                     f"meter event summaries for {context.describe()}: {name}={value.isoformat()} "
@@ -263,7 +264,7 @@ class StripeGateway:
             "event_name": event_name,
             "payload": {"stripe_customer_id": stripe_customer_id, "value": text},
             "identifier": identifier,
-            "timestamp": int(timestamp.timestamp()),
+            "timestamp": int(as_utc(timestamp, "timestamp").timestamp()),
         }
         with self._meter_lock(stripe_customer_id, event_name):
             answer = self._call(
