@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import dagster as dg
 
@@ -14,6 +15,7 @@ from metering_pipeline.defs.stripe_catalog.assets import one_active_item_per_met
 from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.settings import SANDBOX_API_KEY
 from metering_pipeline.warehouse import Database
+from metering_pipeline_tests.integration.usage_world import insert_events, run_models
 from metering_pipeline_tests.sandbox.support import (
     GRADUATED,
     advance,
@@ -141,3 +143,40 @@ def test_the_key_never_reaches_metadata(warehouse_url, stripe_sandbox, stripe_cl
     for materialization in result.asset_materializations_for_node("stripe_catalog"):
         shown = json.dumps({k: str(v.value) for k, v in materialization.metadata.items()})
         assert SANDBOX_API_KEY not in shown and "sk_test" not in shown
+
+
+def test_synced_intervals_split_the_hour_of_a_price_change_in_the_marts(
+    warehouse_url, stripe_sandbox, stripe_client
+):
+    """Stripe keeps the item id across a price change; the marts still bill each side of the
+    instant at its own price."""
+    api_calls = meter(stripe_client, "api_calls")
+    old = metered_price(stripe_client, api_calls.id, unit_amount=2)
+    new = metered_price(stripe_client, api_calls.id, unit_amount=1)
+    customer, clock = clocked_customer(stripe_client, NOV_5)
+    subscription = subscribe(stripe_client, customer.id, old.id)
+    (item,) = subscription["items"]["data"]
+    advance(stripe_client, clock.id, CHANGE)
+    stripe_client.v1.subscription_items.update(
+        item.id, {"price": new.id, "proration_behavior": "none"}
+    )
+    assert sync(warehouse_url, stripe_sandbox.url, dg.DagsterInstance.ephemeral()).success
+    insert_events(
+        warehouse_url,
+        [
+            ("before", customer.id, "api_calls", 30, moment(CHANGE - 60)),
+            ("at", customer.id, "api_calls", 4, moment(CHANGE)),
+            ("after", customer.id, "api_calls", 8, moment(CHANGE + 60)),
+        ],
+    )
+
+    assert run_models(warehouse_url, "2026-11-17-09:00", "2026-11-17-09:00").success
+
+    assert rows(
+        warehouse_url,
+        "select price_id, quantity, window_start, window_end from analytics.fct_usage_by_period "
+        "order by window_start",
+    ) == [
+        (old.id, Decimal(30), moment(NOV_5), moment(CHANGE)),
+        (new.id, Decimal(12), moment(CHANGE), moment(ts(2026, 12, 5))),
+    ]
