@@ -2,6 +2,13 @@
 
 import dagster as dg
 
+from metering_pipeline.defs import extract, quality, stripe_catalog, transform
 from metering_pipeline.defs.resources import default_resources
 
-defs = dg.Definitions(resources=default_resources(), executor=dg.in_process_executor)
+defs = dg.Definitions.merge(
+    dg.Definitions(resources=default_resources(), executor=dg.in_process_executor),
+    extract.defs,
+    quality.defs,
+    stripe_catalog.defs,
+    transform.defs,
+)
