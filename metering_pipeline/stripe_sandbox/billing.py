@@ -153,6 +153,7 @@ def _new_item(store: Store, subscription: dict, price: dict, params: dict, now: 
             "_from": now,
             "_history": [],
         },
+        livemode_key=False,
     )
     subscription["_items"].append(item["id"])
     return item
@@ -575,6 +576,7 @@ def _blank_invoice(store: Store, customer: dict, subscription: dict | None, reas
         "issuer": {"type": "self"},
         "last_finalization_error": None,
         "latest_revision": None,
+        "livemode": False,
         "metadata": {},
         "next_payment_attempt": None,
         "number": None,
@@ -607,6 +609,7 @@ def _blank_invoice(store: Store, customer: dict, subscription: dict | None, reas
         "starting_balance": 0,
         "statement_descriptor": None,
         "status": "draft",
+        "subscription": subscription["id"] if subscription else None,
         "status_transitions": {
             "finalized_at": None,
             "marked_uncollectible_at": None,

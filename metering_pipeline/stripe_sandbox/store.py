@@ -44,9 +44,11 @@ class Store:
 
     # -- objects -------------------------------------------------------------------------------
 
-    def add(self, prefix: str, obj: dict) -> dict:
+    def add(self, prefix: str, obj: dict, *, livemode_key: bool = True) -> dict:
+        """Store a new object under a fresh id (subscription items carry no `livemode`)."""
         obj["id"] = new_id(prefix)
-        obj.setdefault("livemode", False)
+        if livemode_key:
+            obj.setdefault("livemode", False)
         self.objects[obj["id"]] = obj
         return obj
 
