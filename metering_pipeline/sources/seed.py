@@ -142,9 +142,56 @@ def _copy_to_postgres(raw, sql: str) -> None:
         generator.close()
 
 
-def _uniform(seed: int, purpose: int, index: str = "i") -> str:
-    """A uniform value in [0, 1) from a hash of the row number: repeatable and parallel-safe."""
-    return f"((hash({index}, {seed}, {purpose}) % 4294967296) / 4294967296.0)"
+def _uniform(hash_column: str, high: bool) -> str:
+    """A uniform value in [0, 1) from one half of a 64-bit row hash: repeatable, parallel-safe."""
+    bits = f"({hash_column} >> 32)" if high else f"({hash_column} & 4294967295)"
+    return f"({bits} / 4294967296.0)"
+
+
+def _rows_sql(
+    index_source: str,
+    customers: int,
+    meters: tuple[str, ...],
+    start: datetime,
+    days: int,
+    seed: int,
+) -> str:
+    """The regular events for the row numbers ``i`` of ``index_source``; two hashes per row."""
+    meter_list = "[" + ", ".join(_quote(m) for m in meters) + "]"
+    decimal_meters = [m for m in meters if any(k in m for k in ("gb", "hour", "second"))]
+    decimal_list = "[" + ", ".join(_quote(m) for m in decimal_meters) + "]"
+    span_us = days * 86_400_000_000
+    # Heavier users are rarer: a power law over customer numbers, as in real SaaS usage.
+    return f"""
+        select
+            picked.*,
+            'evt_{seed}_' || i as event_id,
+            'customer_' || lpad(cast(1 + least({customers - 1},
+                cast(floor({customers} * pow({_uniform("h1", False)}, 1.6)) as bigint))
+                as varchar), {_width(customers)}, '0') as customer_id,
+            meter,
+            case when list_contains({decimal_list}, meter)
+                then cast(round({_uniform("h1", True)} * 50, 3) as decimal(38, 12))
+                else cast(1 + floor({_uniform("h1", True)} * 100) as decimal(38, 12))
+            end as quantity,
+            occurred_at,
+            occurred_at + to_microseconds(cast((h2 >> 33) % 120000000 as bigint)) as received_at,
+            case when (h2 >> 32) % 2 = 0 then '{{"region": "eu"}}' else '{{"region": "us"}}' end
+                as properties
+        from (
+            select
+                *,
+                timestamptz '{start.isoformat()}'
+                    + to_microseconds(cast(floor({_uniform("h2", False)} * {span_us}) as bigint))
+                    as occurred_at,
+                {meter_list}[1 + cast((h2 >> 56) % {len(meters)} as bigint)] as meter
+            from (select *, hash(i, {seed}, 1) as h1, hash(i, {seed}, 2) as h2 from {index_source})
+        ) as picked
+    """
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _generator_sql(
@@ -156,50 +203,12 @@ def _generator_sql(
     seed: int,
     counts: dict[str, int],
 ) -> str:
-    meter_list = "[" + ", ".join("'" + m.replace("'", "''") + "'" for m in meters) + "]"
-    decimal_meters = (
-        "["
-        + ", ".join(
-            "'" + m.replace("'", "''") + "'"
-            for m in meters
-            if any(k in m for k in ("gb", "hour", "second"))
-        )
-        + "]"
-    )
-    span_us = days * 86_400_000_000
-    # Heavier users are rarer: a power law over customer numbers, as in real SaaS usage.
-    base = f"""
-        base as (
-            select
-                i,
-                'evt_{seed}_' || i as event_id,
-                'customer_' || lpad(cast(1 + least({customers - 1},
-                    cast(floor({customers} * pow({_uniform(seed, 1)}, 1.6)) as bigint)) as varchar),
-                    {_width(customers)}, '0') as customer_id,
-                {meter_list}[1 + cast(hash(i, {seed}, 2) % {len(meters)} as bigint)] as meter,
-                timestamptz '{start.isoformat()}'
-                    + to_microseconds(cast(floor({_uniform(seed, 3)} * {span_us}) as bigint))
-                    as occurred_at,
-                {_uniform(seed, 4)} as u_quantity,
-                {_uniform(seed, 5)} as u_delay,
-                case when hash(i, {seed}, 6) % 2 = 0 then 'eu' else 'us' end as region
-            from range({events}) as t(i)
-        ),
-        typed as (
-            select
-                *,
-                case when list_contains({decimal_meters}, meter)
-                    then cast(round(u_quantity * 50, 3) as decimal(38, 12))
-                    else cast(1 + floor(u_quantity * 100) as decimal(38, 12))
-                end as quantity,
-                occurred_at + to_microseconds(cast(floor(u_delay * 120000000) as bigint))
-                    as received_at,
-                '{{"region": "' || region || '"}}' as properties
-            from base
-        )"""
+    def rows(index_source: str) -> str:
+        return _rows_sql(index_source, customers, meters, start, days, seed)
+
     selects = [
         "select event_id, customer_id, meter, quantity, occurred_at, received_at, "
-        "cast(null as varchar) as reason, properties from typed"
+        f"cast(null as varchar) as reason, properties from ({rows(f'range({events}) as t(i)')})"
     ]
     hostile = {
         # same event again, same content, landing an hour later: harmless, deduplicated by dbt
@@ -231,11 +240,12 @@ def _generator_sql(
     }
     for purpose, (name, count) in enumerate(counts.items(), start=10):
         columns = hostile[name].replace("{seed}", str(seed))
-        selects.append(
-            f"select {columns} from (select cast(hash(j, {seed}, {purpose}) % {events} as bigint) "
-            f"as i, j from range({count}) as h(j)) as picked join typed using (i)"
+        picked = (
+            f"(select cast(hash(j, {seed}, {purpose}) % {events} as bigint) as i, j "
+            f"from range({count}) as h(j))"
         )
-    return f"with {base} {' union all '.join(selects)}"
+        selects.append(f"select {columns} from ({rows(picked)})")
+    return " union all ".join(selects)
 
 
 def seed_command(args: argparse.Namespace) -> None:
