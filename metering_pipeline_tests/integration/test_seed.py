@@ -98,7 +98,8 @@ def test_hostile_cases_are_present(tmp_path) -> None:
     malformed = query(
         url,
         "select count(*) filter (where customer_id is null), "
-        "count(*) filter (where meter is null), count(*) filter (where quantity is null) from usage_events where event_id like '%bad%'",
+        "count(*) filter (where meter is null), count(*) filter (where quantity is null) "
+        "from usage_events where event_id like '%bad%'",
     )[0]
     assert all(count >= 1 for count in malformed)
 
