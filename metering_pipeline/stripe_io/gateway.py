@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
@@ -200,6 +200,21 @@ class StripeGateway:
             context,
         )
         return sum((Decimal(str(s["aggregated_value"])) for s in summaries), Decimal(0))
+
+    def clock_time(self, test_clock: str | None) -> datetime:
+        """Stripe's "now" for a customer: its test clock's frozen time, else the wall clock.
+
+        Meter-event timestamps and open periods are judged against this clock, so a customer on
+        a test clock must be read from it, not from our machine.
+        """
+        if test_clock is None:
+            return datetime.now(UTC)
+        clock = self._call(
+            "read test clock",
+            CallContext(),
+            lambda: self._client.v1.test_helpers.test_clocks.retrieve(test_clock),
+        )
+        return datetime.fromtimestamp(clock["frozen_time"], tz=UTC)
 
     def invoice_preview(self, customer: str, subscription: str) -> Invoice:
         """What the subscription's current period would bill now (``invoices.create_preview``)."""
