@@ -139,6 +139,12 @@ ROUTES: list[tuple[str, str, object]] = [
     ),
     ("POST", "/v2/billing/meter_event_session", lambda s, p: metering.create_session(s)),
     ("POST", "/v2/billing/meter_event_stream", lambda s, p: metering.stream_events(s, p)),
+    ("POST", "/v2/billing/meter_events", lambda s, p: metering.create_v2_event(s, p)),
+    (
+        "POST",
+        "/v2/billing/meter_event_adjustments",
+        lambda s, p: metering.cancel_v2_event(s, p),
+    ),
     # subscriptions and items
     ("POST", "/v1/subscriptions", lambda s, p: billing.create_subscription(s, p)),
     ("GET", "/v1/subscriptions", _listed(billing.list_subscriptions, "/v1/subscriptions")),

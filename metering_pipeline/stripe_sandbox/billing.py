@@ -8,6 +8,7 @@ the finalization grace period and is frozen when the invoice finalizes.
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 
 from .catalog import require_price_active
@@ -36,7 +37,7 @@ def _quantity_fields(quantity: Decimal) -> tuple[int | None, str]:
 
 def render_item(store: Store, item: dict) -> dict:
     price = store.objects[item["price"]]
-    item["price"] = _with_private(store, price)
+    item["price"] = copy.deepcopy(price)
     recurring = price["recurring"] or {}
     item["plan"] = {
         "id": price["id"],
@@ -61,12 +62,6 @@ def render_item(store: Store, item: dict) -> dict:
         "_tiers": price["_tiers"],
     }
     return item
-
-
-def _with_private(store: Store, obj: dict) -> dict:
-    import copy
-
-    return copy.deepcopy(obj)
 
 
 def render_subscription(store: Store, subscription: dict) -> dict:
@@ -1244,8 +1239,6 @@ def _renew(store: Store, subscription: dict, at: int) -> None:
     next_end = anchor if anchor > end else period_containing(anchor, interval, count, end)[1]
     if not ending:
         _set_period(store, subscription, end, next_end)
-        for item in _items_of(store, subscription):
-            item["_from"] = max(item["_from"], end) if item["_from"] > end else item["_from"]
     invoice = _invoice_for(store, subscription, "subscription_cycle", (start, end), not ending)
     _schedule_finalization(store, subscription, invoice, at)
     if ending:

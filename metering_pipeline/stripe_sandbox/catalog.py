@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 from .errors import StripeError, missing, param_error
@@ -383,8 +384,6 @@ def list_customers(store: Store, params: dict) -> list[dict]:
 def search_customers(store: Store, params: dict) -> list[dict]:
     """Stripe's search language, for the clauses we use: `metadata['k']:'v'`, `email:'x'`,
     joined with AND."""
-    import re
-
     query = text(params, "query", required=True)
     clause = re.compile(
         r"""^\s*(metadata\[['"](?P<key>[^'"]+)['"]\]|(?P<field>email|name))\s*:\s*['"](?P<value>[^'"]*)['"]\s*$"""

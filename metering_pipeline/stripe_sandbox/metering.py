@@ -245,6 +245,45 @@ def check_session(store: Store, token: str | None) -> None:
         )
 
 
+def _v1_params(event: dict, where: str) -> dict:
+    params = {
+        "event_name": event.get("event_name"),
+        "payload": {key: str(val) for key, val in (event.get("payload") or {}).items()},
+        "identifier": event.get("identifier"),
+    }
+    if event.get("timestamp"):
+        params["timestamp"] = str(_from_iso(event["timestamp"], f"{where}timestamp"))
+    return params
+
+
+def create_v2_event(store: Store, body: dict) -> dict:
+    """`POST /v2/billing/meter_events`: validated synchronously, ISO timestamps."""
+    event = record_meter_event(store, _v1_params(body, ""))
+    return {
+        "object": "v2.billing.meter_event",
+        "created": _iso(event["created"]),
+        "event_name": event["event_name"],
+        "identifier": event["identifier"],
+        "livemode": False,
+        "payload": event["payload"],
+        "timestamp": _iso(event["timestamp"]),
+    }
+
+
+def cancel_v2_event(store: Store, body: dict) -> dict:
+    adjustment = cancel_meter_event(store, body)
+    return {
+        "id": new_id("mtradj"),
+        "object": "v2.billing.meter_event_adjustment",
+        "cancel": adjustment["cancel"],
+        "created": _iso(store.now()),
+        "event_name": adjustment["event_name"],
+        "livemode": False,
+        "status": "complete",
+        "type": "cancel",
+    }
+
+
 def stream_events(store: Store, body: dict) -> dict:
     """Accept up to 100 events; each is validated afterwards, like Stripe's asynchronous stream.
     Rejected events are kept with their reason, readable in `GET /_sandbox/stats`."""
@@ -256,15 +295,8 @@ def stream_events(store: Store, body: dict) -> dict:
             "events", f"At most {STREAM_BATCH} events per request (got {len(events)})."
         )
     for index, event in enumerate(events):
-        params = {
-            "event_name": event.get("event_name"),
-            "payload": {key: str(val) for key, val in (event.get("payload") or {}).items()},
-            "identifier": event.get("identifier"),
-        }
-        if event.get("timestamp"):
-            params["timestamp"] = str(_from_iso(event["timestamp"], f"events[{index}].timestamp"))
         try:
-            record_meter_event(store, params)
+            record_meter_event(store, _v1_params(event, f"events[{index}]."))
         except StripeError as error:
             store.stream_errors.append(
                 {"identifier": event.get("identifier"), "message": error.message}

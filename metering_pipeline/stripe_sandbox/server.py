@@ -8,6 +8,7 @@ and injects the faults configured through `/_sandbox/faults`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -33,6 +34,7 @@ from . import billing
 from .api import ROUTES
 from .errors import StripeError
 from .faults import Faults
+from .metering import check_session
 from .params import parse_form
 from .ratelimit import TokenBucket
 from .store import Store
@@ -53,6 +55,7 @@ class Sandbox:
         self.faults = Faults()
         self.idempotency: dict[str, dict] = {}
         self.in_flight: set[tuple[str, str]] = set()
+        self.keys_in_flight: set[str] = set()
         self.guard = threading.Lock()
 
     def reset(self) -> None:
@@ -80,8 +83,6 @@ def _check_key(request: Request, sandbox: Sandbox, path: str) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "basic":
-        import base64
-
         token = base64.b64decode(token.strip() or b"").decode(errors="replace").split(":")[0]
     token = token.strip()
     if not token:
@@ -92,8 +93,6 @@ def _check_key(request: Request, sandbox: Sandbox, path: str) -> str | None:
         )
     if path == "/v2/billing/meter_event_stream":
         with sandbox.store.lock:
-            from .metering import check_session
-
             check_session(sandbox.store, token)
         return token
     if not token.startswith(KEY_PREFIXES) or len(token) < 12:
@@ -159,9 +158,23 @@ def _endpoint(sandbox: Sandbox, handler):
                 return replay
         slot = _concurrency_key(path, params)
         with sandbox.guard:
+            key_busy = key in sandbox.keys_in_flight
             busy = slot in sandbox.in_flight
-            if slot and not busy:
-                sandbox.in_flight.add(slot)
+            if not (key_busy or busy):
+                if key:
+                    sandbox.keys_in_flight.add(key)
+                if slot:
+                    sandbox.in_flight.add(slot)
+        if key_busy:
+            return _error(
+                StripeError(
+                    "There is currently another in-progress request using this idempotency key "
+                    f"('{key}'); retry after it completes.",
+                    status=409,
+                    type="idempotency_error",
+                ),
+                version,
+            )
         if busy:
             return _error(
                 StripeError(
@@ -180,19 +193,19 @@ def _endpoint(sandbox: Sandbox, handler):
             status, body, headers, saved = await run_in_threadpool(
                 _execute, sandbox, handler, params, request.path_params
             )
-        finally:
-            if slot:
+            if key and saved:
                 with sandbox.guard:
-                    sandbox.in_flight.discard(slot)
-        if key and saved:
+                    sandbox.idempotency[key] = {
+                        "fingerprint": fingerprint,
+                        "status": status,
+                        "body": body,
+                        "headers": headers,
+                        "at": time.time(),
+                    }
+        finally:
             with sandbox.guard:
-                sandbox.idempotency[key] = {
-                    "fingerprint": fingerprint,
-                    "status": status,
-                    "body": body,
-                    "headers": headers,
-                    "at": time.time(),
-                }
+                sandbox.in_flight.discard(slot)
+                sandbox.keys_in_flight.discard(key)
         response_headers = {**headers, "Stripe-Version": version, "Request-Id": _request_id()}
         if key:
             response_headers["Idempotency-Key"] = key
@@ -354,7 +367,8 @@ def build_app(
                 "error": {
                     "type": "invalid_request_error",
                     "message": f"Unrecognized request URL ({request.method}: {request.url.path}). "
-                    "The sandbox implements the routes listed in its README section.",
+                    "The sandbox implements the routes listed in "
+                    "metering_pipeline/stripe_sandbox/README.md.",
                 }
             },
             status_code=404,

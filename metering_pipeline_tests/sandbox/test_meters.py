@@ -206,3 +206,34 @@ def test_missing_key_is_a_401(stripe_sandbox):
     response = httpx.post(f"{stripe_sandbox.url}/v1/billing/meter_events")
     assert response.status_code == 401
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_v2_meter_events_and_adjustments(stripe_client, customer):
+    sums = meter(stripe_client)
+    created = stripe_client.v2.billing.meter_events.create(
+        {
+            "event_name": "api_calls",
+            "identifier": "v2-1",
+            "payload": {"stripe_customer_id": customer.id, "value": "9"},
+            "timestamp": "2026-11-15T00:00:00.000Z",
+        }
+    )
+    assert (created.identifier, created.payload["value"]) == ("v2-1", "9")
+    with pytest.raises(stripe.StripeError) as caught:  # same identifier, rejected as in v1
+        stripe_client.v2.billing.meter_events.create(
+            {
+                "event_name": "api_calls",
+                "identifier": "v2-1",
+                "payload": {"stripe_customer_id": customer.id, "value": "9"},
+            }
+        )
+    assert caught.value.http_status == 400
+    now = NOV_5 + 10 * DAY
+    (summary,) = _summary(stripe_client, sums.id, customer.id, now - 60, now + 60)
+    assert summary.aggregated_value == 9
+    adjustment = stripe_client.v2.billing.meter_event_adjustments.create(
+        {"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "v2-1"}}
+    )
+    assert adjustment.status == "complete"
+    (summary,) = _summary(stripe_client, sums.id, customer.id, now - 60, now + 60)
+    assert summary.aggregated_value == 0

@@ -242,3 +242,21 @@ def test_unknown_route_is_a_stripe_404(stripe_sandbox):
     )
     assert response.status_code == 404
     assert "Unrecognized request URL" in response.json()["error"]["message"]
+
+
+def test_concurrent_requests_with_one_idempotency_key_conflict(stripe_sandbox, stripe_client):
+    stripe_sandbox.control.set_faults(
+        [{"path_prefix": "/v1/customers", "action": "delay", "seconds": 0.5, "times": 1}]
+    )
+    options = {"idempotency_key": "only-once"}
+    first: list = []
+    slow = threading.Thread(
+        target=lambda: first.append(stripe_client.v1.customers.create({}, options))
+    )
+    slow.start()
+    time.sleep(0.2)
+    with pytest.raises(stripe.APIError) as caught:  # a 409, which the SDK may retry
+        stripe_client.v1.customers.create({}, options)
+    slow.join()
+    assert (caught.value.http_status, caught.value.error.type) == (409, "idempotency_error")
+    assert [c.id for c in stripe_client.v1.customers.list().data] == [first[0].id]
