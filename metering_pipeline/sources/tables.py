@@ -55,9 +55,18 @@ def sql_literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+# DuckDB would take up to 80% of RAM for a month's window functions; with a cap it spills to
+# disk instead, which keeps a 10M-row single-run backfill inside the ~2 GB budget.
+DUCKDB_MEMORY_LIMIT = "1GB"
+
+
 def use_utc(connection: Connection) -> None:
-    """Naive timestamps are UTC (DESIGN §4.1), so every session reads and writes in UTC."""
+    """Naive timestamps are UTC (DESIGN §4.1), so every session reads and writes in UTC;
+    DuckDB sessions also get the memory cap and no progress bar on the console."""
     connection.execute("set timezone = 'UTC'")
+    if connection.kind == "duckdb":
+        connection.execute(f"set memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        connection.execute("set enable_progress_bar = false")
 
 
 def ensure_extract_tables(connection: Connection) -> None:
