@@ -1,0 +1,408 @@
+"""Reading one billing period three ways (marts, ledger, Stripe) and keeping the comparison.
+
+The items come from the catalog (every metered item interval active in the period), not only
+from the marts: an item we measured nothing for can still carry usage at Stripe, and that is
+exactly the drift reconciliation exists to catch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from metering_pipeline.billing.catalog import Invoice, Price, Tier
+from metering_pipeline.billing.modes import PushFormula, push_formula
+from metering_pipeline.billing.tiers import amount_minor_units
+from metering_pipeline.push.ledger import (
+    LEDGER_TABLE,
+    LedgerKey,
+    LedgerRow,
+    counted,
+    read_entries,
+)
+from metering_pipeline.reconcile.variance import ItemReconciliation, compare
+from metering_pipeline.stripe_io import StripeGateway
+from metering_pipeline.warehouse import Connection, Database
+
+RESULTS_TABLE = "metering.reconciliation_results"
+MARTS_TABLE = "analytics.fct_usage_by_period"
+
+RESULTS_DDL = f"""
+create table if not exists {RESULTS_TABLE} (
+    subscription_item_id text not null,
+    price_id text not null,
+    stripe_customer_id text not null,
+    meter text not null,
+    period_start timestamptz not null,
+    period_end timestamptz not null,
+    window_start timestamptz not null,
+    window_end timestamptz not null,
+    ours decimal(38, 12) not null,
+    ledger decimal(38, 12),
+    stripe decimal(38, 12) not null,
+    expected_amount decimal(38, 12),
+    stripe_amount decimal(38, 12),
+    amount_source text,
+    currency text,
+    variance decimal(38, 12) not null,
+    flagged boolean not null,
+    reconciled_at timestamptz not null
+)
+"""
+
+RESULT_COLUMNS = (
+    "subscription_item_id",
+    "price_id",
+    "stripe_customer_id",
+    "meter",
+    "period_start",
+    "period_end",
+    "window_start",
+    "window_end",
+    "ours",
+    "ledger",
+    "stripe",
+    "expected_amount",
+    "stripe_amount",
+    "amount_source",
+    "currency",
+    "variance",
+    "flagged",
+)
+
+ITEMS_SQL = f"""
+with
+
+subscription_items as (
+
+    select * from metering.stripe_subscription_items
+
+),
+
+billing_periods as (
+
+    select * from metering.billing_periods
+
+),
+
+meters as (
+
+    select * from metering.stripe_meters
+
+),
+
+customers as (
+
+    select * from metering.stripe_customers
+
+),
+
+usage as (
+
+    select * from {MARTS_TABLE}
+
+),
+
+item_windows as (
+
+    select
+        subscription_items.subscription_item_id,
+        subscription_items.price_id,
+        subscription_items.subscription_id,
+        subscription_items.stripe_customer_id,
+        subscription_items.meter_event_name as meter,
+        meters.meter_id,
+        coalesce(meters.aggregation_mode, 'sum') as aggregation_mode,
+        billing_periods.period_start,
+        billing_periods.period_end,
+        greatest(billing_periods.period_start, subscription_items.valid_from) as window_start,
+        least(
+            billing_periods.period_end,
+            coalesce(subscription_items.valid_to, billing_periods.period_end)
+        ) as window_end
+
+    from subscription_items
+    inner join billing_periods
+        on billing_periods.subscription_item_id = subscription_items.subscription_item_id
+    inner join meters
+        on meters.event_name = subscription_items.meter_event_name
+    where billing_periods.period_start = ?
+        and billing_periods.period_end = ?
+
+)
+
+select
+    item_windows.subscription_item_id,
+    item_windows.price_id,
+    item_windows.subscription_id,
+    item_windows.stripe_customer_id,
+    item_windows.meter,
+    item_windows.meter_id,
+    item_windows.aggregation_mode,
+    item_windows.window_start,
+    item_windows.window_end,
+    coalesce(usage.quantity, 0) as quantity,
+    customers.test_clock
+
+from item_windows
+left join usage
+    on usage.subscription_item_id = item_windows.subscription_item_id
+    and usage.price_id = item_windows.price_id
+    and usage.period_start = item_windows.period_start
+left join customers
+    on customers.stripe_customer_id = item_windows.stripe_customer_id
+where item_windows.window_start < item_windows.window_end
+order by
+    item_windows.stripe_customer_id,
+    item_windows.subscription_item_id,
+    item_windows.window_start
+"""
+
+
+class ReconciliationInputError(RuntimeError):
+    """The warehouse lacks a table reconciliation reads; the message says which step makes it."""
+
+
+@dataclass(frozen=True)
+class PeriodItem:
+    """One metered item interval active in the period, with our quantity for it."""
+
+    subscription_item_id: str
+    price_id: str
+    subscription_id: str
+    stripe_customer_id: str
+    meter: str
+    meter_id: str
+    aggregation_mode: str
+    window_start: datetime
+    window_end: datetime
+    ours: Decimal
+    test_clock: str | None
+    period: tuple[datetime, datetime]
+
+    @property
+    def formula(self) -> PushFormula:
+        return push_formula(self.aggregation_mode)
+
+    @property
+    def ledger_key(self) -> LedgerKey:
+        return LedgerKey(
+            self.subscription_item_id,
+            self.stripe_customer_id,
+            self.meter,
+            self.period[0],
+            self.period[1],
+        )
+
+    @property
+    def minute_window(self) -> tuple[datetime, datetime]:
+        """The window on Stripe's minute grid, as event summaries require. Both ends round down,
+        so the windows of an item replaced mid-minute still tile without overlap."""
+        return _floor_minute(self.window_start), _floor_minute(self.window_end)
+
+
+def read_period_items(conn: Connection, period: tuple[datetime, datetime]) -> list[PeriodItem]:
+    for table, maker in (
+        ("metering.stripe_subscription_items", "the Stripe catalog sync (stripe_catalog)"),
+        ("metering.billing_periods", "the Stripe catalog sync (stripe_catalog)"),
+        (MARTS_TABLE, "the dbt models (usage_models) for the period's hours"),
+    ):
+        if not conn.table_exists(table):
+            raise ReconciliationInputError(
+                f"cannot reconcile billing period {period[0].isoformat()} to "
+                f"{period[1].isoformat()}: table {table} does not exist yet; materialize {maker} "
+                "first"
+            )
+    rows = conn.fetchall(ITEMS_SQL, period)
+    return [
+        PeriodItem(
+            *row[:7],
+            window_start=row[7].astimezone(UTC),
+            window_end=row[8].astimezone(UTC),
+            ours=Decimal(row[9]),
+            test_clock=row[10],
+            period=period,
+        )
+        for row in rows
+    ]
+
+
+def read_prices(conn: Connection, price_ids: Iterable[str]) -> dict[str, Price]:
+    """Prices from ``metering.stripe_prices`` as catalog values, for our own tier maths."""
+    wanted = sorted(set(price_ids))
+    if not wanted:
+        return {}
+    rows = conn.fetchall(
+        "select price_id, product_id, meter_id, currency, billing_scheme, tiers_mode, "
+        "unit_amount_decimal, tiers, transform_divide_by, transform_round, interval, "
+        "interval_count from metering.stripe_prices "
+        f"where price_id in ({', '.join('?' * len(wanted))})",
+        wanted,
+    )
+    return {row[0]: _price(row) for row in rows}
+
+
+def read_ledger(conn: Connection, items: Sequence[PeriodItem]) -> dict[str, list[LedgerRow]]:
+    """Ledger entries per subscription item for the period (none before the first push)."""
+    if not conn.table_exists(LEDGER_TABLE):
+        return {}
+    return {item.subscription_item_id: read_entries(conn, item.ledger_key) for item in items}
+
+
+class _StripeAmounts:
+    """Stripe's amount per item: from the invoice once it exists, else from the preview of the
+    open period. One list and one preview per subscription, whatever its number of items."""
+
+    def __init__(self, gateway: StripeGateway) -> None:
+        self._gateway = gateway
+        self._invoices: dict[str, list[Invoice]] = {}
+        self._previews: dict[str, Invoice | None] = {}
+
+    def amount(self, item: PeriodItem, clock: datetime) -> tuple[Decimal | None, str | None]:
+        if item.subscription_id not in self._invoices:
+            self._invoices[item.subscription_id] = self._gateway.list_invoices(
+                subscription=item.subscription_id
+            )
+        for invoice in self._invoices[item.subscription_id]:
+            if invoice.status == "void":
+                continue
+            amount = _lines_amount(invoice, item)
+            if amount is not None:
+                return amount, f"invoice {invoice.id} ({invoice.status})"
+        if clock >= item.period[1]:
+            return None, None
+        if item.subscription_id not in self._previews:
+            self._previews[item.subscription_id] = self._gateway.invoice_preview(
+                item.stripe_customer_id, item.subscription_id
+            )
+        preview = self._previews[item.subscription_id]
+        amount = _lines_amount(preview, item) if preview else None
+        return (amount, "preview") if amount is not None else (None, None)
+
+
+def reconcile_period(
+    database: Database,
+    gateway: StripeGateway,
+    period: tuple[datetime, datetime],
+    threshold: Decimal,
+) -> list[ItemReconciliation]:
+    """Compare every metered item of the period: ours, the ledger's, Stripe's; amounts too."""
+    with database.connect() as conn:
+        items = read_period_items(conn, period)
+        prices = read_prices(conn, (item.price_id for item in items))
+        ledger = read_ledger(conn, items)
+    amounts = _StripeAmounts(gateway)
+    clocks: dict[str | None, datetime] = {}
+    results = []
+    for item in items:
+        if item.test_clock not in clocks:
+            clocks[item.test_clock] = gateway.clock_time(item.test_clock)
+        start, end = item.minute_window
+        stripe = (
+            gateway.meter_event_summaries(
+                item.meter_id, item.stripe_customer_id, start, end, meter=item.meter
+            )
+            if start < end
+            else Decimal(0)
+        )
+        price = prices.get(item.price_id)
+        entries = ledger.get(item.subscription_item_id)
+        stripe_amount, source = amounts.amount(item, clocks[item.test_clock])
+        results.append(
+            compare(
+                subscription_item_id=item.subscription_item_id,
+                price_id=item.price_id,
+                stripe_customer_id=item.stripe_customer_id,
+                meter=item.meter,
+                period=period,
+                window=(item.window_start, item.window_end),
+                ours=item.ours,
+                ledger=counted(item.formula, entries) if entries else None,
+                stripe=stripe,
+                expected_amount=amount_minor_units(price, item.ours) if price else None,
+                stripe_amount=stripe_amount,
+                amount_source=source,
+                currency=price.currency if price else None,
+                threshold=threshold,
+            )
+        )
+    return results
+
+
+def write_results(
+    conn: Connection,
+    period: tuple[datetime, datetime],
+    rows: Sequence[ItemReconciliation],
+    reconciled_at: datetime,
+) -> None:
+    """Replace the period's rows, in the caller's transaction."""
+    conn.ensure_schema()
+    conn.execute(RESULTS_DDL)
+    conn.execute(f"delete from {RESULTS_TABLE} where period_start = ? and period_end = ?", period)
+    columns = (*RESULT_COLUMNS, "reconciled_at")
+    conn.executemany(
+        f"insert into {RESULTS_TABLE} ({', '.join(columns)}) "
+        f"values ({', '.join('?' * len(columns))})",
+        [
+            tuple(getattr(row, column) for column in RESULT_COLUMNS) + (reconciled_at,)
+            for row in rows
+        ],
+    )
+
+
+def _lines_amount(invoice: Invoice, item: PeriodItem) -> Decimal | None:
+    """The amount of the invoice's lines for this item at this price inside its window."""
+    lines = [
+        line
+        for line in invoice.lines
+        if line.subscription_item_id == item.subscription_item_id
+        and (line.price_id is None or line.price_id == item.price_id)
+        and line.period_start < item.window_end
+        and line.period_end > item.window_start
+    ]
+    return Decimal(sum(line.amount for line in lines)) if lines else None
+
+
+def _price(row: tuple) -> Price:
+    (
+        price_id,
+        product_id,
+        meter_id,
+        currency,
+        billing_scheme,
+        tiers_mode,
+        unit_amount,
+        tiers,
+        divide_by,
+        rounding,
+        interval,
+        interval_count,
+    ) = row
+    return Price(
+        id=price_id,
+        product_id=product_id,
+        currency=currency,
+        billing_scheme=billing_scheme,
+        unit_amount_decimal=None if unit_amount is None else Decimal(unit_amount),
+        tiers_mode=tiers_mode,
+        tiers=tuple(
+            Tier(
+                up_to=tier["up_to"],
+                unit_amount_decimal=Decimal(tier["unit_amount_decimal"]),
+                flat_amount_decimal=Decimal(tier["flat_amount_decimal"]),
+            )
+            for tier in json.loads(tiers or "[]")
+        ),
+        transform_divide_by=divide_by,
+        transform_round=rounding,
+        meter_id=meter_id,
+        interval=interval,
+        interval_count=interval_count,
+    )
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
