@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -185,7 +186,11 @@ def event_summaries(store: Store, meter: dict, params: dict) -> list[dict]:
         value = usage(store, meter, customer_id, left, right)
         summaries.append(
             {
-                "id": new_id("mtrusg"),
+                # stable ids, so `starting_after` pages through a long series of windows
+                "id": "mtrusg_"
+                + hashlib.sha256(
+                    f"{meter['id']}|{customer_id}|{left}|{right}".encode()
+                ).hexdigest()[:24],
                 "object": "billing.meter_event_summary",
                 "aggregated_value": int(value)
                 if value == value.to_integral_value()

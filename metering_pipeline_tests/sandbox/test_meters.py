@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 import stripe
@@ -237,3 +240,44 @@ def test_v2_meter_events_and_adjustments(stripe_client, customer):
     assert adjustment.status == "complete"
     (summary,) = _summary(stripe_client, sums.id, customer.id, now - 60, now + 60)
     assert summary.aggregated_value == 0
+
+
+def test_daily_summaries_page_through_a_whole_month(stripe_client, customer):
+    sums = meter(stripe_client)
+    start = NOV_5 - 20 * DAY
+    for day in range(30):
+        if start + day * DAY <= NOV_5 + 10 * DAY:
+            usage(stripe_client, customer.id, day, start + day * DAY + 5)
+    pages = stripe_client.v1.billing.meters.event_summaries.list(
+        sums.id,
+        {
+            "customer": customer.id,
+            "start_time": start,
+            "end_time": start + 30 * DAY,
+            "value_grouping_window": "day",
+            "limit": 7,
+        },
+    )
+    windows = list(pages.auto_paging_iter())
+    assert [w.start_time for w in windows] == [start + day * DAY for day in range(30)]
+    assert [w.aggregated_value for w in windows][: 31 - 1] == [
+        day if start + day * DAY <= NOV_5 + 10 * DAY else 0 for day in range(30)
+    ]
+
+
+def test_concurrent_clients_lose_nothing(stripe_client):
+    sums = meter(stripe_client)
+    customers = [stripe_client.v1.customers.create({}) for _ in range(4)]
+    start = (int(time.time()) // 60) * 60 - 3600
+
+    def send(customer_id: str) -> None:  # Stripe takes one call per customer and meter at once
+        for index in range(20):
+            usage(stripe_client, customer_id, 3, start + index, f"{customer_id}-{index}")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(send, [c.id for c in customers]))
+    totals = [
+        _summary(stripe_client, sums.id, c.id, start, start + 3600)[0].aggregated_value
+        for c in customers
+    ]
+    assert totals == [60, 60, 60, 60]
