@@ -29,6 +29,7 @@ from metering_pipeline_tests.integration.usage_world import (
 
 FIRST_HOUR, LAST_HOUR = "2026-11-04-23:00", "2026-11-10-12:00"
 PLAN_CHANGE = at("2026-11-10 12:30:00")
+D_ANCHOR = at("2026-10-05 10:30:00")  # Stripe anchors carry the subscription's time of day
 
 METERS = {
     "api_calls": "sum",
@@ -45,6 +46,7 @@ ITEMS = [
     Item("si_c_storage", "cus_c", "storage_gb", at("2026-10-01 00:00:00")),
     Item("si_c_licenses", "cus_c", "licenses", at("2026-10-01 00:00:00")),
     Item("si_c_builds", "cus_c", "builds", at("2026-10-01 00:00:00")),
+    Item("si_d", "cus_d", "api_calls", at("2026-10-01 00:00:00"), anchor=D_ANCHOR),
 ]
 EVENTS = [
     # cus_a: a period boundary, a refund and a harmless duplicate
@@ -72,6 +74,10 @@ EVENTS = [
     ("c-builds-2", "cus_c", "builds", 1, at("2026-11-06 10:01:00")),
     ("c-builds-3", "cus_c", "builds", 1, at("2026-11-07 10:00:00")),
     ("c-builds-fix", "cus_c", "builds", -1, at("2026-11-07 10:05:00"), "correction"),
+    # cus_d: a period boundary at 10:30 cuts the 10:00 hour
+    ("d-1", "cus_d", "api_calls", 2, at("2026-11-05 10:10:00")),
+    ("d-2", "cus_d", "api_calls", 5, at("2026-11-05 10:30:00")),
+    ("d-3", "cus_d", "api_calls", 1, at("2026-11-05 10:45:00")),
     # cus_x has no subscription item: visible, never billed, never dropped
     ("x-1", "cus_x", "api_calls", 42, at("2026-11-06 10:00:00")),
 ]
@@ -137,6 +143,19 @@ def test_event_at_period_end_belongs_to_the_next_period(world):
         "where event_id = 'a-at-boundary'",
     )
     assert periods == [NOV]
+
+
+def test_an_hour_cut_by_a_period_boundary_splits_at_the_instant(world):
+    url, _ = world
+    hourly = query(
+        url,
+        "select period_start, quantity from analytics.fct_usage_hourly "
+        "where subscription_item_id = 'si_d' order by period_start",
+    )
+    assert hourly == [
+        (at("2026-10-05 10:30:00"), Decimal(2)),
+        (at("2026-11-05 10:30:00"), Decimal(6)),
+    ]
 
 
 def test_an_hour_cut_by_a_plan_change_splits_at_the_instant(world):

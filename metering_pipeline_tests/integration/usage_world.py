@@ -35,6 +35,7 @@ class Item:
     meter: str
     valid_from: datetime
     valid_to: datetime | None = None
+    anchor: datetime = ANCHOR
 
 
 def write_catalog_rows(url: str, meters: dict[str, str], items: list[Item]) -> None:
@@ -47,7 +48,7 @@ def write_catalog_rows(url: str, meters: dict[str, str], items: list[Item]) -> N
             price_id=f"price_{item.id}",
             meter_event_name=item.meter,
             billing_mode="flexible",
-            billing_cycle_anchor=ANCHOR,
+            billing_cycle_anchor=item.anchor,
             interval="month",
             interval_count=1,
             valid_from=item.valid_from,
