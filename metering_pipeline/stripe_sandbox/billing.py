@@ -109,7 +109,7 @@ def _price_for_item(store: Store, params: dict, param: str) -> dict:
     return price
 
 
-def _check_items(store: Store, subscription: dict, prices: list[dict]) -> None:
+def _check_items(subscription: dict, prices: list[dict]) -> None:
     intervals = {(p["recurring"]["interval"], p["recurring"]["interval_count"]) for p in prices}
     if subscription.get("_interval"):
         intervals.add(subscription["_interval"])
@@ -169,7 +169,7 @@ def create_subscription(store: Store, params: dict) -> dict:
         "_items": [],
         "_interval": None,
     }
-    _check_items(store, subscription, prices)
+    _check_items(subscription, prices)
     interval, count = prices[0]["recurring"]["interval"], prices[0]["recurring"]["interval_count"]
 
     trial_end = _trial_end(params, prices[0], now)
@@ -330,7 +330,7 @@ def _apply_item_change(
     param = f"items[{index}]"
     if "id" not in entry:
         price = _price_for_item(store, entry, f"{param}[price]")
-        _check_items(store, subscription, [*_current_prices(store, subscription), price])
+        _check_items(subscription, [*_current_prices(store, subscription), price])
         _new_item(store, subscription, price, entry, now)
         return
     item = store.get(text(entry, "id"), "subscription_item", f"{param}[id]")
@@ -345,7 +345,7 @@ def _apply_item_change(
     if "price" in entry and text(entry, "price") != item["price"]:
         price = _price_for_item(store, entry, f"{param}[price]")
         others = [p for p in _current_prices(store, subscription) if p["id"] != item["price"]]
-        _check_items(store, subscription, [*others, price])
+        _check_items(subscription, [*others, price])
         _close_metered_interval(store, subscription, item, behavior, now)
         item["price"], item["_from"] = price["id"], now
         item["quantity"] = None if _metered(price) else integer(entry, "quantity", default=1)
@@ -381,7 +381,7 @@ def update_subscription(store: Store, subscription: dict, params: dict) -> dict:
     if "cancel_at" in params:
         subscription["cancel_at"] = integer(params, "cancel_at")
     if "pause_collection" in params:
-        _set_pause(store, subscription, params)
+        _set_pause(subscription, params)
     for key in ("description",):
         if key in params:
             subscription[key] = text(params, key)
@@ -390,11 +390,10 @@ def update_subscription(store: Store, subscription: dict, params: dict) -> dict:
     return subscription
 
 
-def _set_pause(store: Store, subscription: dict, params: dict) -> None:
-    value = params["pause_collection"]
-    if value == "":
+def _set_pause(subscription: dict, params: dict) -> None:
+    """`pause_collection` changes how invoices are collected (an update, not a status)."""
+    if params["pause_collection"] == "":
         subscription["pause_collection"] = None
-        store.emit("customer.subscription.resumed", subscription)
         return
     pause = mapping(params, "pause_collection")
     subscription["pause_collection"] = {
@@ -402,7 +401,6 @@ def _set_pause(store: Store, subscription: dict, params: dict) -> None:
         or _missing("pause_collection[behavior]"),
         "resumes_at": integer(pause, "resumes_at"),
     }
-    store.emit("customer.subscription.paused", subscription)
 
 
 def _missing(param: str):
@@ -416,7 +414,7 @@ def _settle_changes(store: Store, subscription: dict, behavior: str) -> None:
     now = store.now(subscription["customer"])
     if _pending_items(store, subscription):
         invoice = _invoice_for(
-            store, subscription, "subscription_update", (now, now), advance=False
+            store, subscription, "subscription_update", (now, now), advance=False, metered=False
         )
         _finalize(store, invoice)
 
@@ -429,7 +427,7 @@ def create_item(store: Store, params: dict) -> dict:
     before = store.render(subscription)
     behavior = choice(params, "proration_behavior", PRORATION, "create_prorations")
     price = _price_for_item(store, params, "price")
-    _check_items(store, subscription, [*_current_prices(store, subscription), price])
+    _check_items(subscription, [*_current_prices(store, subscription), price])
     item = _new_item(store, subscription, price, params, store.now(subscription["customer"]))
     _settle_changes(store, subscription, behavior)
     store.emit_update("customer.subscription.updated", subscription, before)
@@ -702,10 +700,12 @@ def _invoice_for(
     metered_window: tuple[int, int],
     advance: bool,
     *,
+    metered: bool = True,
     preview: bool = False,
 ) -> dict:
-    """The subscription's invoice: metered usage in arrears over `metered_window`, licensed items
-    in advance for the current period when `advance`, and pending invoice items."""
+    """The subscription's invoice: metered usage in arrears over `metered_window` (when
+    `metered`), licensed items in advance for the current period (when `advance`), and pending
+    invoice items."""
     customer = store.objects[subscription["customer"]]
     invoice = _blank_invoice(store, customer, subscription, reason)
     invoice["id"] = new_id("upcoming_in" if preview else "in")
@@ -715,6 +715,8 @@ def _invoice_for(
         price = store.objects[item["price"]]
         name = _product_name(store, price)
         if _metered(price):
+            if not metered:
+                continue
             window = (max(metered_window[0], item["_from"]), metered_window[1])
             line = _line(
                 invoice,
@@ -1218,8 +1220,9 @@ def run_due(store: Store, clock: dict | None, until: int) -> None:
             _schedule_finalization(store, obj, invoice, at)
             _end(store, obj, at, "cancellation_requested")
         else:
+            before = store.render(obj)
             obj["pause_collection"] = None
-            store.emit("customer.subscription.resumed", obj)
+            store.emit_update("customer.subscription.updated", obj, before)
 
 
 def _schedule_finalization(store: Store, subscription: dict, invoice: dict, at: int) -> None:

@@ -323,3 +323,25 @@ def test_manual_invoice_with_invoice_items_and_a_credit_note(stripe_client):
     assert stripe_client.v1.invoices.retrieve(invoice.id).amount_remaining == 1766
     with pytest.raises(stripe.InvalidRequestError):  # more than is left to credit
         stripe_client.v1.credit_notes.create({"invoice": invoice.id, "amount": 5000})
+
+
+def test_always_invoice_bills_the_old_price_usage_at_once(stripe_client, api_meter):
+    old = metered_price(stripe_client, api_meter.id, unit_amount=10, name="Old plan")
+    new = metered_price(stripe_client, api_meter.id, unit_amount=20, name="New plan")
+    customer, clock = clocked_customer(stripe_client, NOV_5)
+    subscription = subscribe(stripe_client, customer.id, old.id)
+    advance(stripe_client, clock.id, ts(2026, 11, 10))
+    usage(stripe_client, customer.id, 25, ts(2026, 11, 9))
+    stripe_client.v1.subscriptions.update(
+        subscription.id,
+        {
+            "items": [{"id": subscription["items"].data[0].id, "price": new.id}],
+            "proration_behavior": "always_invoice",
+        },
+    )
+    (update,) = invoices(stripe_client, customer.id, "subscription_update")
+    assert (update.status, update.amount_due) == ("open", 250)
+    assert [line.amount for line in update.lines.data] == [250]
+    advance(stripe_client, clock.id, DEC_5 + 2 * HOUR)
+    (cycle,) = invoices(stripe_client, customer.id)
+    assert cycle.amount_due == 0  # nothing since the change; the old usage is not billed twice
