@@ -73,7 +73,7 @@ def record_meter_event(store: Store, params: dict) -> dict:
         raise StripeError(
             f"An event already exists with identifier {identifier}.",
             param="identifier",
-            code="resource_already_exists",
+            code="duplicate_meter_event",
             should_retry=False,
         )
     event = {

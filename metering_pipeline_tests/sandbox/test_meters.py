@@ -49,6 +49,7 @@ def test_identifier_dedupe_answers_400_without_retry(stripe_client, customer):
         usage(stripe_client, customer.id, 5, now, "push-abc-1")
     assert caught.value.http_status == 400
     assert "already exists with identifier" in caught.value.user_message
+    assert caught.value.code == "duplicate_meter_event"
     assert caught.value.headers["Stripe-Should-Retry"] == "false"
 
 
