@@ -345,3 +345,27 @@ def test_always_invoice_bills_the_old_price_usage_at_once(stripe_client, api_met
     advance(stripe_client, clock.id, DEC_5 + 2 * HOUR)
     (cycle,) = invoices(stripe_client, customer.id)
     assert cycle.amount_due == 0  # nothing since the change; the old usage is not billed twice
+
+
+def test_test_clocks_move_forward_only_and_take_their_customers_along(stripe_client):
+    customer, clock = clocked_customer(stripe_client, NOV_5)
+    assert [c.id for c in stripe_client.v1.test_helpers.test_clocks.list().data] == [clock.id]
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.test_helpers.test_clocks.advance(clock.id, {"frozen_time": NOV_5 - 1})
+    assert caught.value.param == "frozen_time"
+    deleted = stripe_client.v1.test_helpers.test_clocks.delete(clock.id)
+    assert deleted.deleted is True
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        stripe_client.v1.customers.retrieve(customer.id)
+    assert caught.value.http_status == 404
+
+
+def test_objects_on_a_clock_use_its_time_others_real_time(stripe_client, api_meter):
+    import time
+
+    customer, _ = clocked_customer(stripe_client, NOV_5)
+    plain = stripe_client.v1.customers.create({})
+    assert customer.created == NOV_5
+    assert abs(plain.created - time.time()) < 5
+    price = metered_price(stripe_client, api_meter.id, unit_amount=1)
+    assert subscribe(stripe_client, customer.id, price.id).start_date == NOV_5
