@@ -21,6 +21,8 @@ NUMBER_PATTERN = r"[+-]{0,1}([0-9]+([.][0-9]*){0,1}|[.][0-9]+)([eE][+-]{0,1}[0-9
 # the settings say, rather than an overflow error.
 DECIMAL_LIMIT = Decimal("1e26")
 CLOCK_SKEW = "interval '5 minutes'"
+# Concurrent validations of overlapping windows would both delete, then both insert.
+LOCK_KEY = "metering.validated_usage_events"
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,19 @@ checked as (
     from parsed
 ),
 
--- among rows that pass every other rule, the first received of an event_id wins
+-- among rows that pass every other rule, the first received of an event_id wins; only ids
+-- seen more than once need the costly ordering, the rest are first by definition
+valid as (
+    select * from checked where reason_code is null
+),
+
+repeated as (
+    select event_id from valid group by event_id having count(*) > 1
+),
+
 ranked as (
     select
-        checked.*,
+        valid.*,
         row_number() over arrival as arrival_rank,
         first_value(customer_id) over arrival as first_customer_id,
         first_value(meter) over arrival as first_meter,
@@ -164,8 +175,8 @@ ranked as (
         first_value(received_at) over arrival as first_received_at,
         first_value(reason) over arrival as first_reason,
         first_value(partition_hour) over arrival as first_partition_hour
-    from checked
-    where reason_code is null
+    from valid
+    where exists (select 1 from repeated where repeated.event_id = valid.event_id)
     window arrival as (
         partition by event_id
         order by received_at, partition_hour, occurred_at, customer_id, meter, quantity_decimal,
@@ -202,6 +213,17 @@ routed as (
         end as quarantine_reason,
         not is_conflict and arrival_rank > 1 as is_duplicate
     from judged
+
+    union all
+
+    select
+        event_id, customer_id, meter, quantity, occurred_at, received_at, reason, properties,
+        partition_hour, stripe_customer_id, quantity_decimal,
+        cast(null as varchar) as reason_code,
+        cast(null as varchar) as quarantine_reason,
+        false as is_duplicate
+    from valid
+    where not exists (select 1 from repeated where repeated.event_id = valid.event_id)
 
     union all
 
@@ -257,6 +279,13 @@ def validate_window(
     connection: Connection, start: datetime, end: datetime, now: datetime, rules: ValidationRules
 ) -> ValidationSummary:
     """Replace the window's accepted, quarantined and partition_quality rows; return counts."""
+    with connection.advisory_lock(LOCK_KEY):
+        return _replace_window(connection, start, end, now, rules)
+
+
+def _replace_window(
+    connection: Connection, start: datetime, end: datetime, now: datetime, rules: ValidationRules
+) -> ValidationSummary:
     use_utc(connection)
     ensure_extract_tables(connection)
     ensure_quality_tables(connection)

@@ -18,6 +18,8 @@ from metering_pipeline.sources.reader import TIMESTAMP, read_usage_batches
 from metering_pipeline.sources.tables import ensure_extract_tables, sql_literal, use_utc
 from metering_pipeline.warehouse import Database
 
+LOCK_KEY = "metering.raw_usage_events"
+
 
 @dataclass(frozen=True)
 class ExtractSummary:
@@ -45,7 +47,9 @@ def extract_window(
     extracted_at = datetime.now(UTC)
     window = f"partition_hour >= {sql_literal(start)} and partition_hour < {sql_literal(end)}"
     rows = batches = 0
-    with warehouse.connect() as connection:
+    # Two runs over overlapping hours would each delete, then each insert: one lock serialises
+    # them (PostgreSQL; a DuckDB file has a single writer anyway).
+    with warehouse.connect() as connection, connection.advisory_lock(LOCK_KEY):
         use_utc(connection)
         ensure_extract_tables(connection)
         connection.execute(f"delete from metering.raw_usage_events where {window}")
