@@ -397,14 +397,14 @@ def _set_pause(subscription: dict, params: dict) -> None:
         return
     pause = mapping(params, "pause_collection")
     subscription["pause_collection"] = {
-        "behavior": choice(pause, "behavior", ("keep_as_draft", "mark_uncollectible", "void"))
-        or _missing("pause_collection[behavior]"),
+        "behavior": choice(
+            pause,
+            "behavior",
+            ("keep_as_draft", "mark_uncollectible", "void"),
+            required_as="pause_collection[behavior]",
+        ),
         "resumes_at": integer(pause, "resumes_at"),
     }
-
-
-def _missing(param: str):
-    raise missing(param)
 
 
 def _settle_changes(store: Store, subscription: dict, behavior: str) -> None:
@@ -1061,8 +1061,11 @@ def create_credit_note(store: Store, params: dict) -> dict:
     credit_note = {"object": "credit_note", "id": new_id("cn")}
     lines = []
     for index, entry in enumerate(listing(params, "lines")):
-        kind = choice(entry, "type", ("invoice_line_item", "custom_line_item"), None) or _missing(
-            f"lines[{index}][type]"
+        kind = choice(
+            entry,
+            "type",
+            ("invoice_line_item", "custom_line_item"),
+            required_as=f"lines[{index}][type]",
         )
         if kind == "invoice_line_item":
             line_id = text(entry, "invoice_line_item", required=True)

@@ -186,8 +186,12 @@ def create_price(store: Store, params: dict) -> dict:
         if meter_id:
             store.get(meter_id, "billing.meter", "recurring[meter]")
         recurring = {
-            "interval": choice(recurring_params, "interval", ("day", "week", "month", "year"), None)
-            or _raise(missing("recurring[interval]")),
+            "interval": choice(
+                recurring_params,
+                "interval",
+                ("day", "week", "month", "year"),
+                required_as="recurring[interval]",
+            ),
             "interval_count": integer(recurring_params, "interval_count", default=1),
             "meter": meter_id,
             "usage_type": usage_type,
@@ -226,26 +230,23 @@ def create_price(store: Store, params: dict) -> dict:
                 raise param_error("transform_quantity[divide_by]", "divide_by must be positive.")
             price["transform_quantity"] = {
                 "divide_by": divide_by,
-                "round": choice(transform, "round", ("up", "down"), None)
-                or _raise(missing("transform_quantity[round]")),
+                "round": choice(
+                    transform, "round", ("up", "down"), required_as="transform_quantity[round]"
+                ),
             }
     else:
         if "transform_quantity" in params:
             raise param_error(
                 "transform_quantity", "transform_quantity cannot be used with tiered prices."
             )
-        price["tiers_mode"] = choice(params, "tiers_mode", ("graduated", "volume"), None) or _raise(
-            missing("tiers_mode")
+        price["tiers_mode"] = choice(
+            params, "tiers_mode", ("graduated", "volume"), required_as="tiers_mode"
         )
         price["_tiers"] = _tiers(params)
     _check_lookup_key(store, price["lookup_key"], params)
     store.add("price", price)
     store.emit("price.created", price)
     return price
-
-
-def _raise(error: Exception):
-    raise error
 
 
 def _check_lookup_key(store: Store, lookup_key: str | None, params: dict) -> None:

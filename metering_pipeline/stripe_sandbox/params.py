@@ -80,8 +80,18 @@ def boolean(params: dict, name: str, default: bool | None = None) -> bool | None
     return value == "true"
 
 
-def choice(params: dict, name: str, options: tuple[str, ...], default: str | None = None):
+def choice(
+    params: dict,
+    name: str,
+    options: tuple[str, ...],
+    default: str | None = None,
+    *,
+    required_as: str | None = None,
+):
+    """One of `options`; `required_as` names the (nested) param reported when it is missing."""
     value = text(params, name, default=default)
+    if value is None and required_as:
+        raise missing(required_as)
     if value is not None and value not in options:
         raise param_error(
             name, f"Invalid {name}: must be one of {', '.join(options)} (got {value!r})."

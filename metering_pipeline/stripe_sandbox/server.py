@@ -95,7 +95,7 @@ def _check_key(request: Request, sandbox: Sandbox, path: str) -> str | None:
         with sandbox.store.lock:
             check_session(sandbox.store, token)
         return token
-    if not token.startswith(KEY_PREFIXES) or len(token) < 12:
+    if not token.startswith(KEY_PREFIXES):
         raise StripeError(
             "Invalid API Key provided. The sandbox accepts test-mode keys: a secret key starting "
             "with sk_test_ or a restricted key starting with rk_test_.",
