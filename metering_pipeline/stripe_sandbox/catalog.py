@@ -83,39 +83,28 @@ def delete_product(store: Store, product: dict) -> dict:
 # -- prices --------------------------------------------------------------------------------------
 
 
+def _param_name(prefix: str, name: str) -> str:
+    return f"{prefix}[{name}]" if prefix else name
+
+
 def _amount_decimal(params: dict, prefix: str, whole: str, fractional: str) -> str | None:
-    """Read `unit_amount` or `unit_amount_decimal` (one of the two) as a decimal string."""
-    has_whole, has_decimal = (
-        params.get(whole) not in (None, ""),
-        params.get(fractional)
-        not in (
-            None,
-            "",
-        ),
-    )
-    if has_whole and has_decimal:
+    """Read `unit_amount` or `unit_amount_decimal` (at most one of them) as a decimal string;
+    decimals take at most 12 decimal places, as in Stripe."""
+    given = [name for name in (whole, fractional) if params.get(name) not in (None, "")]
+    if len(given) == 2:
         raise param_error(
-            f"{prefix}{fractional}", f"You may only specify one of {whole} and {fractional}."
+            _param_name(prefix, fractional),
+            f"You may only specify one of {whole} and {fractional}.",
         )
-    if has_whole:
-        amount = integer(params, whole)
-        if amount < 0:
-            raise param_error(f"{prefix}{whole}", f"{whole} must be zero or more.")
-        return str(amount)
-    if has_decimal:
-        amount = decimal(params, fractional)
-        if amount < 0:
-            raise param_error(f"{prefix}{fractional}", f"{fractional} must be zero or more.")
-        if len(amount.as_tuple().digits) > 12 + max(0, -amount.as_tuple().exponent) or (
-            -amount.as_tuple().exponent > 12
-        ):
-            raise param_error(f"{prefix}{fractional}", "At most 12 decimal places are allowed.")
-        return _plain(amount)
-    return None
-
-
-def _plain(number: Decimal) -> str:
-    return format(number.normalize(), "f")
+    if not given:
+        return None
+    name = given[0]
+    amount = Decimal(integer(params, name)) if name == whole else decimal(params, name)
+    if amount < 0:
+        raise param_error(_param_name(prefix, name), f"{name} must be zero or more.")
+    if -amount.normalize().as_tuple().exponent > 12:
+        raise param_error(_param_name(prefix, name), f"{name} allows at most 12 decimal places.")
+    return format(amount.normalize(), "f")
 
 
 def _tiers(params: dict) -> list[dict]:
@@ -124,25 +113,25 @@ def _tiers(params: dict) -> list[dict]:
         raise missing("tiers")
     tiers, previous = [], Decimal(0)
     for index, tier in enumerate(raw):
-        prefix = f"tiers[{index}]["
+        prefix = f"tiers[{index}]"
         up_to_text = text(tier, "up_to", required=True)
         last = index == len(raw) - 1
         if up_to_text == "inf":
             if not last:
-                raise param_error(f"{prefix}up_to]", "Only the last tier can have up_to: inf.")
+                raise param_error(f"{prefix}[up_to]", "Only the last tier can have up_to: inf.")
             up_to = None
         else:
             if last:
-                raise param_error(f"{prefix}up_to]", "The last tier must have up_to: inf.")
+                raise param_error(f"{prefix}[up_to]", "The last tier must have up_to: inf.")
             up_to = integer(tier, "up_to")
             if up_to <= previous:
-                raise param_error(f"{prefix}up_to]", "Tiers' up_to must increase strictly.")
+                raise param_error(f"{prefix}[up_to]", "Tiers' up_to must increase strictly.")
             previous = Decimal(up_to)
         unit = _amount_decimal(tier, prefix, "unit_amount", "unit_amount_decimal")
         flat = _amount_decimal(tier, prefix, "flat_amount", "flat_amount_decimal")
         if unit is None and flat is None:
             raise param_error(
-                f"{prefix}unit_amount]", "Each tier needs a unit amount, a flat amount, or both."
+                f"{prefix}[unit_amount]", "Each tier needs a unit amount, a flat amount, or both."
             )
         tiers.append(
             {

@@ -161,6 +161,15 @@ def test_tiers_are_returned_only_when_expanded(stripe_client, api_meter):
             "tiers[0][up_to]",
         ),
         ({"unit_amount": 5, "unit_amount_decimal": "5"}, "unit_amount_decimal"),
+        ({"unit_amount_decimal": "0.0000000000001"}, "unit_amount_decimal"),
+        (
+            {
+                "billing_scheme": "tiered",
+                "tiers_mode": "graduated",
+                "tiers": [{"up_to": "inf", "unit_amount": 1, "unit_amount_decimal": "1"}],
+            },
+            "tiers[0][unit_amount_decimal]",
+        ),
         (
             {
                 "billing_scheme": "tiered",
