@@ -1,0 +1,46 @@
+"""`metering sandbox --port N` serves the same API as a standalone process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import stripe
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_metering_sandbox_command_serves_the_api():
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metering_pipeline.cli", "sandbox", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{url}/_sandbox/stats", timeout=1)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, process.stdout.read()
+                assert time.monotonic() < deadline, "the sandbox did not start within 20 s"
+                time.sleep(0.1)
+        client = stripe.StripeClient("sk_test_cli", base_addresses={"api": url})
+        product = client.v1.products.create({"name": "served"})
+        assert client.v1.products.retrieve(product.id).name == "served"
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=10)
+    assert f"Stripe sandbox on {url}" in output
+    assert "sk_test_cli" not in output  # the key is never logged
