@@ -168,6 +168,7 @@ def deliver(
     """Bring Stripe's count for ``key`` to ``desired``: re-send pending entries, then at most one
     new event, stamped inside the item's active ``window`` of the period on Stripe's ``clock``."""
     with database.connect() as conn, conn.advisory_lock(key.lock_name):
+        ensure_ledger_table(conn)
         entries = read_entries(conn, key)
         plan = plan_push(formula, desired, [row.entry for row in entries])
         resend = [row for row in entries if row.status == "pending"]
