@@ -72,6 +72,7 @@ class LedgerRow:
     value: Decimal
     status: str
     event_timestamp: datetime
+    sent_at: datetime | None = None
 
     @property
     def entry(self) -> LedgerEntry:
@@ -97,7 +98,7 @@ def ensure_ledger_table(conn: Connection) -> None:
 def read_entries(conn: Connection, key: LedgerKey) -> list[LedgerRow]:
     rows = conn.fetchall(
         f"""
-        select identifier, sequence, value, status, event_timestamp
+        select identifier, sequence, value, status, event_timestamp, sent_at
         from {LEDGER_TABLE}
         where subscription_item_id = ? and period_start = ?
         order by sequence
@@ -105,8 +106,15 @@ def read_entries(conn: Connection, key: LedgerKey) -> list[LedgerRow]:
         (key.subscription_item_id, key.period_start),
     )
     return [
-        LedgerRow(identifier, sequence, Decimal(value), status, stamp.astimezone(UTC))
-        for identifier, sequence, value, status, stamp in rows
+        LedgerRow(
+            identifier,
+            sequence,
+            Decimal(value),
+            status,
+            stamp.astimezone(UTC),
+            sent_at.astimezone(UTC) if sent_at else None,
+        )
+        for identifier, sequence, value, status, stamp, sent_at in rows
     ]
 
 

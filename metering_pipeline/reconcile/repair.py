@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from metering_pipeline.push.ledger import (
@@ -27,6 +27,7 @@ from metering_pipeline.reconcile.variance import adoption
 from metering_pipeline.stripe_io import StripeGateway
 from metering_pipeline.warehouse import Database
 
+SUMMARIES_SETTLE = timedelta(minutes=5)
 ADOPTED_NOTE = (
     "recorded by repair: Stripe counted this beyond our ledger (an event sent or cancelled "
     "outside the pipeline); not sent by us"
@@ -47,9 +48,17 @@ class RepairStep:
 
 
 def plan_repair(
-    database: Database, gateway: StripeGateway, period: tuple[datetime, datetime]
+    database: Database,
+    gateway: StripeGateway,
+    period: tuple[datetime, datetime],
+    settle: timedelta = SUMMARIES_SETTLE,
 ) -> list[RepairStep]:
-    """Read ours, the ledger and Stripe afresh; one step per item where Stripe differs from us."""
+    """Read ours, the ledger and Stripe afresh; one step per item where Stripe differs from us.
+
+    Stripe's summaries are eventually consistent: an event we sent in the last ``settle`` may not
+    show yet, and adopting that gap would make repair send it a second time. Such items wait.
+    """
+    now = datetime.now(UTC)
     with database.connect() as conn:
         items = read_period_items(conn, period)
         ledger = read_ledger(conn, items)
@@ -66,7 +75,8 @@ def plan_repair(
         )
         if stripe == item.ours:
             continue
-        steps.append(_step(item, stripe, ledger.get(item.subscription_item_id, []), intervals))
+        entries = ledger.get(item.subscription_item_id, [])
+        steps.append(_step(item, stripe, entries, intervals, now - settle))
     return steps
 
 
@@ -109,10 +119,25 @@ def apply_repair(
 
 
 def _step(
-    item: PeriodItem, stripe: Decimal, entries: list[LedgerRow], intervals: Counter[str]
+    item: PeriodItem,
+    stripe: Decimal,
+    entries: list[LedgerRow],
+    intervals: Counter[str],
+    settled_before: datetime,
 ) -> RepairStep:
     ledger = counted(item.formula, entries) if entries else None
     pending = sum(1 for row in entries if row.status == "pending")
+    latest = max((row.sent_at for row in entries if row.sent_at), default=None)
+    if latest is not None and latest > settled_before:
+        return RepairStep(
+            item,
+            stripe,
+            ledger,
+            None,
+            None,
+            f"an event was sent at {latest.isoformat()}, and Stripe's summaries may not show it "
+            "yet; run repair again in a few minutes",
+        )
     if pending:
         return RepairStep(
             item,

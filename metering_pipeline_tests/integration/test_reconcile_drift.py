@@ -95,8 +95,10 @@ class World:
         )
 
     def repair(self, dry_run: bool) -> dg.ExecuteInProcessResult:
+        # The sandbox's summaries are consistent at once; real Stripe's need the default wait.
+        config = {"dry_run": dry_run, "settle_minutes": 0}
         return repair.execute_in_process(
-            run_config={"ops": {"repair_billing_period": {"config": {"dry_run": dry_run}}}},
+            run_config={"ops": {"repair_billing_period": {"config": config}}},
             instance=self.instance,
             resources=self.resources,
             partition_key=PERIOD_KEY,
@@ -209,8 +211,10 @@ def test_drift_over_one_percent_fails_the_check_naming_the_item(world: World):
 
     result = world.reconcile()
 
+    assert not result.success  # a failed blocking check stops the run and what follows it
     evaluation = check_of(result)
     assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert evaluation.metadata["flagged_items"].value == [world.drifted_item]
     assert world.drifted_item in evaluation.description
     assert world.steady_item not in evaluation.description
@@ -266,3 +270,24 @@ def test_repair_dry_run_changes_nothing_then_repair_brings_stripe_back(world: Wo
     # The ledger now explains Stripe's total, so the next push sends nothing.
     assert world.push() == 0
     assert world.meter_event_calls() == calls_before + 1
+
+
+def test_repair_waits_for_stripe_to_show_events_sent_moments_ago(world: World):
+    """Right after a push, real Stripe's summaries may lag; adopting that gap would send the
+    usage twice, so repair leaves such items alone and says when to come back."""
+    usage(world.client, world.drifted_customer, 200, NOW - 60, identifier="behind-the-back-4")
+    calls_before = world.meter_event_calls()
+
+    result = repair.execute_in_process(
+        run_config={"ops": {"repair_billing_period": {"config": {"dry_run": False}}}},
+        instance=world.instance,
+        resources=world.resources,
+        partition_key=PERIOD_KEY,
+    )
+
+    assert result.output_for_node("repair_billing_period") == 0
+    shown = repair_metadata(result)
+    assert shown["items_skipped"].value == 1
+    assert "run repair again in a few minutes" in shown["deltas"].value
+    assert world.meter_event_calls() == calls_before
+    assert world.stripe_usage(world.drifted_customer) == 10200

@@ -1,8 +1,9 @@
 """Reconciliation per billing period, its blocking check, and the repair job."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+from pydantic import Field
 
 from metering_pipeline.defs.partitions import billing_periods, parse_period_key
 from metering_pipeline.defs.resources import WarehouseResource
@@ -82,7 +83,14 @@ def billing_period_reconciliation(
 
 
 class RepairConfig(dg.Config):
-    dry_run: bool = True
+    dry_run: bool = Field(
+        default=True, description="Show the deltas without sending them (the default)."
+    )
+    settle_minutes: float = Field(
+        default=5.0,
+        description="Items with an event sent this recently wait: Stripe's meter event "
+        "summaries are eventually consistent and may not show it yet.",
+    )
 
 
 @dg.op(pool="stripe_push")
@@ -98,7 +106,8 @@ def repair_billing_period(
     """
     period = parse_period_key(context.partition_key)
     gateway = stripe.gateway()
-    steps = plan_repair(warehouse.database, gateway, period)
+    settle = timedelta(minutes=config.settle_minutes)
+    steps = plan_repair(warehouse.database, gateway, period, settle)
     for step in steps:
         context.log.info(_describe(step, config.dry_run))
     sent = [] if config.dry_run else apply_repair(warehouse.database, gateway, steps)
