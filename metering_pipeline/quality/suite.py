@@ -23,6 +23,17 @@ from metering_pipeline.warehouse import Connection
 SAMPLE_ROWS = 100_000
 SAMPLE_COLUMNS = (*RAW_COLUMNS, "partition_hour", "quantity_value")
 KEY_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at", "received_at")
+# pandas' names for the types GX observes; raw values stay text so malformed ones survive
+COLUMN_TYPES = {
+    "event_id": "str",
+    "customer_id": "str",
+    "meter": "str",
+    "quantity": "str",
+    "occurred_at": "Timestamp",
+    "received_at": "Timestamp",
+    "partition_hour": "Timestamp",
+    "quantity_value": "float64",
+}
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,8 @@ def run_suite(
     )
     for column in KEY_COLUMNS:
         suite.add_expectation(gxe.ExpectColumnValuesToNotBeNull(column=column, mostly=mostly))
+    for column, type_name in COLUMN_TYPES.items():
+        suite.add_expectation(gxe.ExpectColumnValuesToBeOfType(column=column, type_=type_name))
     suite.add_expectation(
         gxe.ExpectColumnValuesToMatchRegex(
             column="quantity", regex=rf"^\s*{NUMBER_PATTERN.replace('(', '(?:')}\s*$", mostly=mostly

@@ -208,6 +208,8 @@ def test_great_expectations_reports_each_expectation(tmp_path, warehouse_url, mo
     table = evaluation.metadata["expectations"].value
     assert "expect_column_values_to_match_regex | quantity | pass | 17 | 2 |" in table
     assert "expect_column_values_to_not_be_null | meter | pass | 17 | 1 |" in table
+    assert "expect_column_values_to_be_of_type | occurred_at | pass |" in table
+    assert "expect_table_columns_to_match_set |  | pass |" in table
 
     monkeypatch.setenv("METERING_MAX_QUARANTINE_SHARE", "0.05")
     result = run(warehouse_url, source, HOUR)
