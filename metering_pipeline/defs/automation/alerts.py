@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import httpx
 from dagster._core.events import DagsterEventType
+from dagster_shared.error import SerializableErrorInfo
 
 from metering_pipeline.settings import load_settings
 
@@ -67,6 +68,13 @@ def _check_lines(checks: list[dict[str, Any]]) -> str:
     )
 
 
+def _root_cause(error: SerializableErrorInfo) -> str:
+    """The exception the code raised, not Dagster's "error occurred while executing" wrapper."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
 def _partition(run: dg.DagsterRun) -> str | None:
     tags = run.tags
     if "dagster/partition" in tags:
@@ -83,7 +91,7 @@ def run_failure_alert(context: dg.RunFailureSensorContext) -> None:
     run = context.dagster_run
     steps = context.get_step_failure_events()
     errors = [
-        f"{event.step_key}: {event.event_specific_data.error.message.strip()}"
+        f"{event.step_key}: {_root_cause(event.event_specific_data.error)}"
         for event in steps
         if event.event_specific_data and event.event_specific_data.error
     ] or [context.failure_event.message or "the run failed before any step ran"]
