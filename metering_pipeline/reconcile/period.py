@@ -7,22 +7,18 @@ exactly the drift reconciliation exists to catch.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering_pipeline.billing.catalog import Invoice, Price, Tier
+from metering_pipeline.billing.catalog import Invoice
+from metering_pipeline.billing.ledger import LedgerEntry, plan_push
 from metering_pipeline.billing.modes import PushFormula, push_formula
 from metering_pipeline.billing.tiers import amount_minor_units
-from metering_pipeline.push.ledger import (
-    LEDGER_TABLE,
-    LedgerKey,
-    LedgerRow,
-    counted,
-    read_entries,
-)
+from metering_pipeline.push.tables import LEDGER, LedgerRow, read_prices
+from metering_pipeline.push.tables import read_ledger as read_ledger_rows
 from metering_pipeline.reconcile.variance import ItemReconciliation, compare
 from metering_pipeline.stripe_io import StripeGateway
 from metering_pipeline.warehouse import Connection, Database
@@ -188,14 +184,9 @@ class PeriodItem:
         return push_formula(self.aggregation_mode)
 
     @property
-    def ledger_key(self) -> LedgerKey:
-        return LedgerKey(
-            self.subscription_item_id,
-            self.stripe_customer_id,
-            self.meter,
-            self.period[0],
-            self.period[1],
-        )
+    def key(self) -> tuple[str, str, datetime]:
+        """The push ledger's key: (subscription item, price, period start)."""
+        return (self.subscription_item_id, self.price_id, self.period[0])
 
     @property
     def minute_window(self) -> tuple[datetime, datetime]:
@@ -230,26 +221,29 @@ def read_period_items(conn: Connection, period: tuple[datetime, datetime]) -> li
     ]
 
 
-def read_prices(conn: Connection, price_ids: Iterable[str]) -> dict[str, Price]:
-    """Prices from ``metering.stripe_prices`` as catalog values, for our own tier maths."""
-    wanted = sorted(set(price_ids))
-    if not wanted:
+def read_ledger(
+    conn: Connection, period: tuple[datetime, datetime]
+) -> dict[tuple[str, str, datetime], list[LedgerRow]]:
+    """The push ledger's entries per key for the period (none before the first push)."""
+    if not conn.table_exists(LEDGER):
         return {}
-    rows = conn.fetchall(
-        "select price_id, product_id, meter_id, currency, billing_scheme, tiers_mode, "
-        "unit_amount_decimal, tiers, transform_divide_by, transform_round, interval, "
-        "interval_count from metering.stripe_prices "
-        f"where price_id in ({', '.join('?' * len(wanted))})",
-        wanted,
-    )
-    return {row[0]: _price(row) for row in rows}
+    entries: dict[tuple[str, str, datetime], list[LedgerRow]] = defaultdict(list)
+    for row in read_ledger_rows(conn, period, None):
+        if row.period_start == period[0] and row.period_end == period[1]:
+            entries[row.key].append(row)
+    return entries
 
 
-def read_ledger(conn: Connection, items: Sequence[PeriodItem]) -> dict[str, list[LedgerRow]]:
-    """Ledger entries per subscription item for the period (none before the first push)."""
-    if not conn.table_exists(LEDGER_TABLE):
-        return {}
-    return {item.subscription_item_id: read_entries(conn, item.ledger_key) for item in items}
+def ledger_counted(formula: PushFormula, rows: Sequence[LedgerRow]) -> Decimal | None:
+    """What the ledger says Stripe counts for a key: the push's own arithmetic (None: nothing
+    sent yet)."""
+    if not rows:
+        return None
+    entries = [
+        LedgerEntry(row.sequence, row.value, row.status)  # type: ignore[arg-type]
+        for row in rows
+    ]
+    return plan_push(formula, Decimal(0), entries).counted
 
 
 class _StripeAmounts:
@@ -283,6 +277,16 @@ class _StripeAmounts:
         return (amount, "preview") if amount is not None else (None, None)
 
 
+def stripe_quantity(gateway: StripeGateway, item: PeriodItem) -> Decimal:
+    """What Stripe counts for the item's customer and meter over the item's window."""
+    start, end = item.minute_window
+    if start >= end:
+        return Decimal(0)
+    return gateway.meter_event_summaries(
+        item.meter_id, item.stripe_customer_id, start, end, meter=item.meter
+    )
+
+
 def reconcile_period(
     database: Database,
     gateway: StripeGateway,
@@ -293,23 +297,15 @@ def reconcile_period(
     with database.connect() as conn:
         items = read_period_items(conn, period)
         prices = read_prices(conn, (item.price_id for item in items))
-        ledger = read_ledger(conn, items)
+        ledger = read_ledger(conn, period)
     amounts = _StripeAmounts(gateway)
     clocks: dict[str | None, datetime] = {}
     results = []
     for item in items:
         if item.test_clock not in clocks:
             clocks[item.test_clock] = gateway.clock_time(item.test_clock)
-        start, end = item.minute_window
-        stripe = (
-            gateway.meter_event_summaries(
-                item.meter_id, item.stripe_customer_id, start, end, meter=item.meter
-            )
-            if start < end
-            else Decimal(0)
-        )
+        stripe = stripe_quantity(gateway, item)
         price = prices.get(item.price_id)
-        entries = ledger.get(item.subscription_item_id)
         stripe_amount, source = amounts.amount(item, clocks[item.test_clock])
         results.append(
             compare(
@@ -320,7 +316,7 @@ def reconcile_period(
                 period=period,
                 window=(item.window_start, item.window_end),
                 ours=item.ours,
-                ledger=counted(item.formula, entries) if entries else None,
+                ledger=ledger_counted(item.formula, ledger.get(item.key, [])),
                 stripe=stripe,
                 expected_amount=amount_minor_units(price, item.ours) if price else None,
                 stripe_amount=stripe_amount,
@@ -364,44 +360,6 @@ def _lines_amount(invoice: Invoice, item: PeriodItem) -> Decimal | None:
         and line.period_end > item.window_start
     ]
     return Decimal(sum(line.amount for line in lines)) if lines else None
-
-
-def _price(row: tuple) -> Price:
-    (
-        price_id,
-        product_id,
-        meter_id,
-        currency,
-        billing_scheme,
-        tiers_mode,
-        unit_amount,
-        tiers,
-        divide_by,
-        rounding,
-        interval,
-        interval_count,
-    ) = row
-    return Price(
-        id=price_id,
-        product_id=product_id,
-        currency=currency,
-        billing_scheme=billing_scheme,
-        unit_amount_decimal=None if unit_amount is None else Decimal(unit_amount),
-        tiers_mode=tiers_mode,
-        tiers=tuple(
-            Tier(
-                up_to=tier["up_to"],
-                unit_amount_decimal=Decimal(tier["unit_amount_decimal"]),
-                flat_amount_decimal=Decimal(tier["flat_amount_decimal"]),
-            )
-            for tier in json.loads(tiers or "[]")
-        ),
-        transform_divide_by=divide_by,
-        transform_round=rounding,
-        meter_id=meter_id,
-        interval=interval,
-        interval_count=interval_count,
-    )
 
 
 def _floor_minute(moment: datetime) -> datetime:

@@ -1,28 +1,35 @@
-"""Repair: bring Stripe back to our numbers through the same ledger the push uses.
+"""Repair: bring Stripe back to our numbers through the same ledger and push the pipeline uses.
 
 A meter event sent behind the pipeline's back (or an adjustment that cancelled one of ours) makes
-Stripe differ from the ledger. Sending a correction alone would be undone by the next push, whose
-arithmetic trusts the ledger. So repair first records the unexplained difference as an entry that
-Stripe already counts (status ``sent``, never sent by us, with a note saying so), then lets the
-ledger's own ``deliver`` send the event that makes Stripe equal our usage.
+Stripe differ from the ledger. A correction sent on the side would be undone by the next push,
+whose arithmetic trusts the ledger. So repair records the unexplained difference in the push's
+ledger as an entry Stripe already counts (``sent``, never sent by us, with a note saying so), then
+runs the push itself, whose desired-minus-counted now is exactly the correcting event.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from metering_pipeline.push.ledger import (
+from metering_pipeline.billing.identifiers import meter_event_identifier
+from metering_pipeline.push import PushReport, push_usage
+from metering_pipeline.push.tables import (
+    LOCK_KEY,
     LedgerRow,
-    append_entry,
-    counted,
-    deliver,
-    read_entries,
+    ensure_push_tables,
+    insert_pending,
+    record_outcomes,
 )
-from metering_pipeline.reconcile.period import PeriodItem, read_ledger, read_period_items
+from metering_pipeline.reconcile.period import (
+    PeriodItem,
+    ledger_counted,
+    read_ledger,
+    read_period_items,
+    stripe_quantity,
+)
 from metering_pipeline.reconcile.variance import adoption
 from metering_pipeline.stripe_io import StripeGateway
 from metering_pipeline.warehouse import Database
@@ -36,8 +43,8 @@ ADOPTED_NOTE = (
 
 @dataclass(frozen=True)
 class RepairStep:
-    """One item whose Stripe quantity differs from ours: what repair adopts and sends, or why
-    it leaves the item alone."""
+    """One item whose Stripe quantity differs from ours: the delta repair brings, or why it
+    leaves the item alone."""
 
     item: PeriodItem
     stripe: Decimal
@@ -55,109 +62,113 @@ def plan_repair(
 ) -> list[RepairStep]:
     """Read ours, the ledger and Stripe afresh; one step per item where Stripe differs from us.
 
-    Stripe's summaries are eventually consistent: an event we sent in the last ``settle`` may not
-    show yet, and adopting that gap would make repair send it a second time. Such items wait.
+    Stripe's summaries are eventually consistent: an event written to the ledger in the last
+    ``settle`` may not show yet, and adopting that gap would send it a second time. Such items
+    wait.
     """
-    now = datetime.now(UTC)
+    settled_before = datetime.now(UTC) - settle
     with database.connect() as conn:
         items = read_period_items(conn, period)
-        ledger = read_ledger(conn, items)
-    intervals = Counter(item.subscription_item_id for item in items)
+        ledger = read_ledger(conn, period)
     steps = []
     for item in items:
-        start, end = item.minute_window
-        stripe = (
-            gateway.meter_event_summaries(
-                item.meter_id, item.stripe_customer_id, start, end, meter=item.meter
-            )
-            if start < end
-            else Decimal(0)
-        )
-        if stripe == item.ours:
-            continue
-        entries = ledger.get(item.subscription_item_id, [])
-        steps.append(_step(item, stripe, entries, intervals, now - settle))
+        stripe = stripe_quantity(gateway, item)
+        if stripe != item.ours:
+            steps.append(_step(item, stripe, ledger.get(item.key, []), settled_before))
     return steps
 
 
 def apply_repair(
-    database: Database, gateway: StripeGateway, steps: Sequence[RepairStep]
-) -> list[RepairStep]:
-    """Adopt and send each step that is not skipped; returns the steps actually sent."""
-    clocks: dict[str | None, datetime] = {}
-    done = []
-    for step in steps:
-        if step.skipped or step.send is None:
-            continue
-        item = step.item
-        if item.test_clock not in clocks:
-            clocks[item.test_clock] = gateway.clock_time(item.test_clock)
-        clock = clocks[item.test_clock]
-        key = item.ledger_key
-        with database.connect() as conn, conn.advisory_lock(key.lock_name):
-            # The ledger is read again under the lock: a push since the plan changes what
-            # Stripe's figure leaves unexplained.
-            entries = read_entries(conn, key)
-            ledger = counted(item.formula, entries) if entries else None
-            adopted = adoption(item.formula, step.stripe, ledger)
-            if adopted is not None:
-                sequence = max((row.sequence for row in entries), default=0) + 1
-                append_entry(
-                    conn, key, sequence, adopted.value, clock, status="sent", note=ADOPTED_NOTE
+    database: Database,
+    gateway: StripeGateway,
+    period: tuple[datetime, datetime],
+    steps: Sequence[RepairStep],
+    *,
+    late_usage_policy: str,
+    finalization_grace: timedelta,
+) -> PushReport:
+    """Record each step's adoption in the ledger, then push the period: the push sends the
+    corrections (and queues as late usage what Stripe can no longer take)."""
+    ready = [step for step in steps if not step.skipped]
+    if ready:
+        clocks = {step.item.test_clock: gateway.clock_time(step.item.test_clock) for step in ready}
+        with database.connect() as conn:
+            ensure_push_tables(conn)
+            with conn.advisory_lock(LOCK_KEY):
+                # Read again under the push's lock: a push since the plan changes what is
+                # left unexplained.
+                ledger = read_ledger(conn, period)
+                adopted = [
+                    row
+                    for step in ready
+                    if (row := _adoption_row(step, ledger.get(step.item.key, []), clocks))
+                ]
+                insert_pending(conn, adopted)
+                record_outcomes(
+                    conn, [(row.identifier, "sent", ADOPTED_NOTE) for row in adopted], _now()
                 )
-        deliver(
-            database,
-            gateway,
-            key,
-            item.formula,
-            item.ours,
-            (item.window_start, item.window_end),
-            clock,
-        )
-        done.append(step)
-    return done
+    return push_usage(
+        database,
+        gateway,
+        late_usage_policy=late_usage_policy,
+        finalization_grace=finalization_grace,
+        window=period,
+    )
+
+
+def _adoption_row(
+    step: RepairStep, rows: list[LedgerRow], clocks: dict[str | None, datetime]
+) -> LedgerRow | None:
+    item = step.item
+    adopted = adoption(item.formula, step.stripe, ledger_counted(item.formula, rows))
+    if adopted is None:
+        return None
+    sequence = max((row.sequence for row in rows), default=0) + 1
+    return LedgerRow(
+        identifier=meter_event_identifier(
+            f"{item.subscription_item_id}/{item.price_id}",
+            item.stripe_customer_id,
+            item.meter,
+            item.period[0],
+            sequence,
+        ),
+        subscription_item_id=item.subscription_item_id,
+        price_id=item.price_id,
+        stripe_customer_id=item.stripe_customer_id,
+        meter=item.meter,
+        period_start=item.period[0],
+        period_end=item.period[1],
+        sequence=sequence,
+        value=adopted.value,
+        event_timestamp=clocks[item.test_clock],
+        status="sent",
+        attempts=0,
+        created_at=_now(),
+    )
 
 
 def _step(
-    item: PeriodItem,
-    stripe: Decimal,
-    entries: list[LedgerRow],
-    intervals: Counter[str],
-    settled_before: datetime,
+    item: PeriodItem, stripe: Decimal, rows: list[LedgerRow], settled_before: datetime
 ) -> RepairStep:
-    ledger = counted(item.formula, entries) if entries else None
-    pending = sum(1 for row in entries if row.status == "pending")
-    latest = max((row.sent_at for row in entries if row.sent_at), default=None)
-    if latest is not None and latest > settled_before:
-        return RepairStep(
-            item,
-            stripe,
-            ledger,
-            None,
-            None,
-            f"an event was sent at {latest.isoformat()}, and Stripe's summaries may not show it "
-            "yet; run repair again in a few minutes",
-        )
+    ledger = ledger_counted(item.formula, rows)
+    pending = sum(1 for row in rows if row.status == "pending")
+    latest = max((row.created_at for row in rows if row.status != "failed"), default=None)
     if pending:
-        return RepairStep(
-            item,
-            stripe,
-            ledger,
-            None,
-            None,
+        reason = (
             f"{pending} ledger entries are still pending (their delivery is unknown); run the "
-            "push, which re-sends them, then reconcile again",
+            "push, which re-sends them, then reconcile again"
         )
-    if intervals[item.subscription_item_id] > 1:
-        return RepairStep(
-            item,
-            stripe,
-            ledger,
-            None,
-            None,
-            "the item changed price inside this period, and Stripe's usage for it cannot be "
-            "split between the prices; correct it by hand",
+    elif latest is not None and latest > settled_before:
+        reason = (
+            f"an event was written to the ledger at {latest.isoformat()}, and Stripe's summaries "
+            "may not show it yet; run repair again in a few minutes"
         )
-    adopted = adoption(item.formula, stripe, ledger)
-    send = item.ours - stripe if item.formula == "sum" else item.ours
-    return RepairStep(item, stripe, ledger, adopted.value if adopted else None, send)
+    else:
+        adopted = adoption(item.formula, stripe, ledger)
+        send = item.ours - stripe if item.formula == "sum" else item.ours
+        return RepairStep(item, stripe, ledger, adopted.value if adopted else None, send)
+    return RepairStep(item, stripe, ledger, None, None, reason)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

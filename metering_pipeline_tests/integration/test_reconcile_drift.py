@@ -15,6 +15,7 @@ from decimal import Decimal
 import dagster as dg
 import pytest
 
+from metering_pipeline.defs.push.assets import stripe_meter_events
 from metering_pipeline.defs.reconcile.assets import (
     AGREEMENT_CHECK,
     billing_period_reconciliation,
@@ -23,10 +24,7 @@ from metering_pipeline.defs.reconcile.assets import (
 from metering_pipeline.defs.resources import WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.stripe_catalog.resources import StripeResource
-from metering_pipeline.push.ledger import deliver
-from metering_pipeline.reconcile.period import read_period_items
 from metering_pipeline.stripe_io import StripeGateway
-from metering_pipeline.warehouse import Database
 from metering_pipeline_tests.integration.usage_world import insert_events, query, run_models
 from metering_pipeline_tests.sandbox.support import (
     GRADUATED,
@@ -41,6 +39,7 @@ from metering_pipeline_tests.sandbox.support import (
 PERIOD_KEY = "2026-11-05T00:00:00Z/2026-12-05T00:00:00Z"
 PERIOD = (datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 12, 5, tzinfo=UTC))
 NOW = ts(2026, 11, 12)
+FIRST_HOUR, LAST_HOUR = "2026-11-06-00:00", "2026-11-08-23:00"
 
 
 @dataclass
@@ -64,26 +63,19 @@ class World:
         return StripeResource(api_base=self.sandbox.url).gateway()
 
     def push(self) -> int:
-        """What the push does per key: deliver our quantity through the ledger. Returns the
-        number of new events sent."""
-        gateway = self.gateway()
-        database = Database(self.url)
-        with database.connect() as conn:
-            items = read_period_items(conn, PERIOD)
-        clock = datetime.fromtimestamp(NOW, tz=UTC)
-        outcomes = [
-            deliver(
-                database,
-                gateway,
-                item.ledger_key,
-                item.formula,
-                item.ours,
-                (item.window_start, item.window_end),
-                clock,
-            )
-            for item in items
-        ]
-        return sum(1 for outcome in outcomes if outcome.sent_value is not None)
+        """One run of the push asset over the usage hours; returns the meter events it sent."""
+        before = self.meter_event_calls()
+        result = dg.materialize(
+            [stripe_meter_events],
+            instance=self.instance,
+            resources=self.resources,
+            tags={
+                "dagster/asset_partition_range_start": FIRST_HOUR,
+                "dagster/asset_partition_range_end": LAST_HOUR,
+            },
+        )
+        assert result.success
+        return self.meter_event_calls() - before
 
     def reconcile(self) -> dg.ExecuteInProcessResult:
         return dg.materialize(
@@ -158,7 +150,7 @@ def world(warehouse_url, stripe_sandbox, stripe_client) -> World:
             for n in range(5)
         ],
     )
-    assert run_models(warehouse_url, "2026-11-06-00:00", "2026-11-08-23:00", instance).success
+    assert run_models(warehouse_url, FIRST_HOUR, LAST_HOUR, instance).success
     assert world.push() == 2
     return world
 

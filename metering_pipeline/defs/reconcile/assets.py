@@ -104,21 +104,36 @@ def repair_billing_period(
 
     Shares the push's pool, so it never interleaves with a push of the same keys.
     """
+    settings = load_settings()
     period = parse_period_key(context.partition_key)
     gateway = stripe.gateway()
-    settle = timedelta(minutes=config.settle_minutes)
-    steps = plan_repair(warehouse.database, gateway, period, settle)
+    steps = plan_repair(
+        warehouse.database, gateway, period, timedelta(minutes=config.settle_minutes)
+    )
     for step in steps:
         context.log.info(_describe(step, config.dry_run))
-    sent = [] if config.dry_run else apply_repair(warehouse.database, gateway, steps)
+    report = None
+    if not config.dry_run:
+        report = apply_repair(
+            warehouse.database,
+            gateway,
+            period,
+            steps,
+            late_usage_policy=settings.late_usage_policy,
+            finalization_grace=timedelta(hours=settings.finalization_grace_hours),
+        )
+        for problem in report.problems:
+            context.log.warning(problem)
+    sent = report.events_sent if report else 0
     return dg.Output(
-        len(sent),
+        sent,
         metadata={
             "dry_run": config.dry_run,
             "deltas": dg.MetadataValue.md(_steps_table(steps)),
             "items_differing": len(steps),
             "items_skipped": sum(1 for step in steps if step.skipped),
-            "events_sent": len(sent),
+            "events_sent": sent,
+            "late_usage_queued": report.late_usage_count if report else 0,
             **gateway.stats.as_metadata(),
         },
     )
@@ -140,7 +155,7 @@ def _describe(step: RepairStep, dry_run: bool) -> str:
     if step.skipped:
         return f"{what}; left alone: {step.skipped}"
     verb = "would send" if dry_run else "sending"
-    return f"{what}; {verb} {step.send.normalize():f} through the ledger"
+    return f"{what}; {verb} {step.send.normalize():f} through the ledger and the push"
 
 
 def _steps_table(steps: list[RepairStep]) -> str:
