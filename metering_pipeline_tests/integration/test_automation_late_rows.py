@@ -140,3 +140,23 @@ def test_consecutive_late_hours_are_one_range_run(world, warehouse_url):
         "2026-11-18-12:00",
     )
     assert request.tags["metering/period_state"] == "open"
+
+
+def test_a_source_without_received_at_is_named_in_the_skip_reason(duckdb_url, tmp_path):
+    source_url = f"duckdb:///{tmp_path / 'source.duckdb'}"
+    resources = {
+        "warehouse": WarehouseResource(url=duckdb_url),
+        "source": SourceResource(url=source_url),
+        "stripe": StripeResource(),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    assert "no usage_events table" in tick(instance, resources).skip_message
+    with Database(source_url).connect() as conn:
+        conn.execute(
+            "create table usage_events (event_id text, customer_id text, meter text, "
+            "quantity decimal(38, 12), occurred_at timestamptz)"
+        )
+    skipped = tick(instance, resources)
+    assert not skipped.run_requests
+    assert "has no received_at column" in skipped.skip_message
+    assert "Add received_at" in skipped.skip_message

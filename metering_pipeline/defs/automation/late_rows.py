@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import duckdb
 
 from metering_pipeline.defs.automation.jobs import TRIGGER_TAG, hourly_usage
 from metering_pipeline.defs.automation.schedules import hour_range_request
 from metering_pipeline.defs.resources import SourceResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.settings import load_settings
-from metering_pipeline.sources.reader import SOURCE_TABLE
+from metering_pipeline.sources.reader import SOURCE_TABLE, redact
 from metering_pipeline.sources.tables import use_utc
 from metering_pipeline.warehouse import Connection, Database
 
@@ -46,6 +47,7 @@ def _source_rows_since(
     params = (since,) if since else ()
     with source.connect() as conn:
         use_utc(conn)
+        _require_received_at(conn, source)
         hours = conn.fetchall(
             f"""
             with source_rows as (
@@ -64,6 +66,28 @@ def _source_rows_since(
         )
     latest = max((row[2] for row in hours), default=None)
     return hours, latest
+
+
+class SourceUnsuitable(ValueError):
+    """The source cannot tell late rows apart; the message says why and what still covers them."""
+
+
+def _require_received_at(conn: Connection, source: Database) -> None:
+    columns = {
+        name.lower()
+        for (name,) in conn.fetchall(
+            "select column_name from information_schema.columns where table_name = ?",
+            (SOURCE_TABLE,),
+        )
+    }
+    if not columns:
+        raise SourceUnsuitable(f"no {SOURCE_TABLE} table in the source {redact(source.url)} yet")
+    if "received_at" not in columns:
+        raise SourceUnsuitable(
+            f"{SOURCE_TABLE} at {redact(source.url)} has no received_at column, so rows that "
+            "arrive late cannot be told apart; only the hourly schedule's lookback re-runs "
+            "recent hours. Add received_at (when the row landed) to the source."
+        )
 
 
 def _watermarks(
@@ -118,13 +142,15 @@ def _utc(moment: datetime) -> datetime:
 
 def find_late_hours(
     source: Database, warehouse: Database, since: datetime | None
-) -> tuple[list[LateHour], datetime | None]:
-    """Extracted hours with source rows received after their watermark; and the new cursor."""
+) -> tuple[list[LateHour], datetime | None, list[tuple[datetime, datetime, str | None]]]:
+    """Extracted hours with source rows received after their watermark, the new cursor, and
+    the billing periods known to the warehouse (to judge which hours are still open)."""
     received, latest = _source_rows_since(source, since)
     if not received:
-        return [], latest
+        return [], latest, []
     with warehouse.connect() as conn:
         marks = _watermarks(conn, _utc(received[0][0]), _utc(received[-1][0]))
+        periods = _periods(conn)
     late = []
     for hour, rows, max_received_at in received:
         hour, max_received_at = _utc(hour), _utc(max_received_at)
@@ -133,7 +159,7 @@ def find_late_hours(
         mark = marks[hour]
         if mark is None or max_received_at > mark:
             late.append(LateHour(hour, rows, max_received_at))
-    return late, latest
+    return late, latest, periods
 
 
 def _ranges(hours: list[LateHour]) -> list[list[LateHour]]:
@@ -199,7 +225,12 @@ def late_usage_rows(
         )
     cursor = datetime.fromisoformat(context.cursor) if context.cursor else None
     since = cursor - OVERLAP if cursor else None
-    late, latest = find_late_hours(source.database, warehouse.database, since)
+    try:
+        late, latest, periods = find_late_hours(source.database, warehouse.database, since)
+    except SourceUnsuitable as problem:
+        return dg.SkipReason(str(problem))
+    except duckdb.IOException as error:
+        return dg.SkipReason(f"a DuckDB file is held by a run ({error}); looking again next tick")
     new_cursor = max(filter(None, [cursor, latest]), default=None)
     cursor_text = new_cursor.isoformat() if new_cursor else None
     if not late:
@@ -207,8 +238,6 @@ def late_usage_rows(
             skip_reason=f"no source rows received after their hour's watermark since {since}",
             cursor=cursor_text,
         )
-    with warehouse.database.connect() as conn:
-        periods = _periods(conn)
     grace = timedelta(hours=load_settings().finalization_grace_hours)
     states = _open_state(late, periods, grace, stripe)
     by_state: dict[str, list[LateHour]] = defaultdict(list)
@@ -221,8 +250,8 @@ def late_usage_rows(
             newest = max(hour.max_received_at for hour in block)
             rows = sum(hour.rows for hour in block)
             context.log.info(
-                f"{rows} source rows for hours {first:%Y-%m-%d %H:00}..{last:%H:00} UTC arrived "
-                f"after extraction (period {state}); requesting those hours again"
+                f"{rows} source rows for hours {first:%Y-%m-%d %H:00}..{last:%Y-%m-%d %H:00} "
+                f"UTC arrived after extraction (period {state}); requesting those hours again"
             )
             requests.append(
                 hour_range_request(
