@@ -8,6 +8,7 @@ through the official SDK, the warehouse on DuckDB and on PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -108,7 +109,7 @@ class World:
 
 
 @pytest.fixture
-def world(warehouse_url, stripe_sandbox, stripe_client) -> World:
+def world(warehouse_url, stripe_sandbox, stripe_client) -> Iterator[World]:
     """Two customers on one test clock, 10,000 api calls each in November, pushed to Stripe."""
     api_calls = meter(stripe_client, "api_calls")
     price = metered_price(
@@ -130,29 +131,31 @@ def world(warehouse_url, stripe_sandbox, stripe_client) -> World:
         items.append(subscription["items"]["data"][0].id)
     advance(stripe_client, clock.id, NOW)
 
-    instance = dg.DagsterInstance.ephemeral()
-    world = World(
-        warehouse_url, stripe_sandbox, stripe_client, instance, customers[0], items[0], items[1]
-    )
-    assert dg.materialize([stripe_catalog], instance=instance, resources=world.resources).success
-    insert_events(
-        warehouse_url,
-        [
-            (
-                f"{customer}-{day}-{n}",
-                customer,
-                "api_calls",
-                1000,
-                datetime(2026, 11, day, n, 30, tzinfo=UTC),
-            )
-            for customer in customers
-            for day in (6, 8)
-            for n in range(5)
-        ],
-    )
-    assert run_models(warehouse_url, FIRST_HOUR, LAST_HOUR, instance).success
-    assert world.push() == 2
-    return world
+    with dg.DagsterInstance.ephemeral() as instance:
+        world = World(
+            warehouse_url, stripe_sandbox, stripe_client, instance, customers[0], items[0], items[1]
+        )
+        assert dg.materialize(
+            [stripe_catalog], instance=instance, resources=world.resources
+        ).success
+        insert_events(
+            warehouse_url,
+            [
+                (
+                    f"{customer}-{day}-{n}",
+                    customer,
+                    "api_calls",
+                    1000,
+                    datetime(2026, 11, day, n, 30, tzinfo=UTC),
+                )
+                for customer in customers
+                for day in (6, 8)
+                for n in range(5)
+            ],
+        )
+        assert run_models(warehouse_url, FIRST_HOUR, LAST_HOUR, instance).success
+        assert world.push() == 2
+        yield world
 
 
 def check_of(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
@@ -283,3 +286,19 @@ def test_repair_waits_for_stripe_to_show_events_sent_moments_ago(world: World):
     assert "run repair again in a few minutes" in shown["deltas"].value
     assert world.meter_event_calls() == calls_before
     assert world.stripe_usage(world.drifted_customer) == 10200
+
+
+def test_in_the_grace_window_the_draft_invoice_is_the_amount_compared(world: World):
+    """Once the period has ended, Stripe's amount comes from the invoice (still a draft during
+    the finalization grace hour), not from a preview of the next period."""
+    (clock,) = world.client.v1.test_helpers.test_clocks.list().data
+    advance(world.client, clock.id, ts(2026, 12, 5, 0, 30))
+
+    result = world.reconcile()
+
+    assert check_of(result).passed
+    for item in (world.drifted_item, world.steady_item):
+        *_, flagged, expected, stripe_amount, source = results(world.url)[item]
+        assert not flagged
+        assert Decimal(expected) == Decimal(stripe_amount) == 8200
+        assert source.startswith("invoice in_") and source.endswith("(draft)")

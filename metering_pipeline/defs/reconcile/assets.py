@@ -24,6 +24,7 @@ AGREEMENT_CHECK = "stripe_agrees_with_usage"
     kinds={"stripe"},
     deps=[
         dg.AssetDep("fct_usage_by_period", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("stripe_meter_events", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("stripe_subscription_items"),
     ],
     check_specs=[
