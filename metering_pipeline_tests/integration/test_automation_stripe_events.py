@@ -148,3 +148,14 @@ def test_plan_change_and_invoice_become_sync_push_and_reconciliation(
     assert reconcile.tags["metering/billing_period"] == PERIOD_KEY
     assert json.loads(after_push.cursor)["waiting"] == {}
     assert not tick(instance, resources, after_push.cursor).run_requests
+
+    # 6. The requested reconciliation runs: Stripe agrees with us on the ended period.
+    job = code_location(resources).resolve_job_def(period_reconciliation.name)
+    reconciled = job.execute_in_process(
+        instance=instance, partition_key=reconcile.partition_key, tags=reconcile.tags
+    )
+    assert reconciled.success
+    [materialization] = reconciled.asset_materializations_for_node("billing_period_reconciliation")
+    assert materialization.metadata["flagged_count"].value == 0
+    assert materialization.metadata["ours_total"].value == 40
+    assert materialization.metadata["stripe_total"].value == 40
