@@ -159,3 +159,30 @@ def test_plan_change_and_invoice_become_sync_push_and_reconciliation(
     assert materialization.metadata["flagged_count"].value == 0
     assert materialization.metadata["ours_total"].value == 40
     assert materialization.metadata["stripe_total"].value == 40
+
+
+def test_invoice_and_plan_change_in_one_tick_wait_for_the_one_push_requested(
+    duckdb_url, stripe_sandbox, stripe_client
+):
+    api_calls = meter(stripe_client, "api_calls")
+    basic = metered_price(stripe_client, api_calls.id, unit_amount_decimal="2")
+    pro = metered_price(stripe_client, api_calls.id, unit_amount_decimal="1")
+    customer, clock = clocked_customer(stripe_client, ts(2026, 11, 5))
+    subscription = subscribe(stripe_client, customer.id, basic.id)
+    resources = {
+        "stripe": StripeResource(api_base=stripe_sandbox.url),
+        "warehouse": WarehouseResource(url=duckdb_url),
+        "source": SourceResource(url=duckdb_url),
+        "dbt": DbtCliResource(project_dir=dbt_project),
+    }
+    instance = dg.DagsterInstance.ephemeral()
+    start = tick(instance, resources)
+
+    advance(stripe_client, clock.id, ts(2026, 12, 5, 0, 10))  # invoice for Nov 5 - Dec 5
+    item = subscription["items"]["data"][0]
+    stripe_client.v1.subscriptions.update(
+        subscription.id, {"items": [{"id": item.id, "price": pro.id}]}
+    )
+    both = tick(instance, resources, start.cursor)
+    [push] = by_job(both)[customer_final_push.name]
+    assert json.loads(both.cursor)["waiting"][PERIOD_KEY]["pushes"] == [push.run_key]

@@ -130,14 +130,14 @@ def stripe_events(context: dg.SensorEvaluationContext, stripe: StripeResource) -
     events = stripe.gateway().list_events(cursor.after, [*SUBSCRIPTION_EVENTS, *INVOICE_EVENTS])
     requests: list[dg.RunRequest] = []
     pushes: dict[str, dg.RunRequest] = {}
-    new_periods: list[str] = []
+    ended: dict[str, tuple[str, set[str]]] = {}  # period key -> (invoice event, customers)
     last_subscription_event = None
     for event in events:
         customer = event.data_object.get("customer")
         if event.type in SUBSCRIPTION_EVENTS:
             last_subscription_event = event
             replaced = replaced_metered_items(event)
-            if replaced or event.type == "customer.subscription.deleted":
+            if customer and (replaced or event.type == "customer.subscription.deleted"):
                 context.log.info(
                     f"{event.id}: metered items {', '.join(replaced) or 'all'} of customer "
                     f"{customer} left their price; pushing that customer now"
@@ -145,17 +145,20 @@ def stripe_events(context: dg.SensorEvaluationContext, stripe: StripeResource) -
                 pushes[customer] = _push_request(customer, event)
             continue
         key = ended_period(event)
-        if key is None:
+        if key is None or not customer:
             continue
         pushes[customer] = _push_request(customer, event)
-        waiting = cursor.waiting.setdefault(key, {"event": event.id, "pushes": []})
-        waiting["event"] = event.id
-        waiting["pushes"] = sorted({*waiting["pushes"], pushes[customer].run_key})
-        new_periods.append(key)
+        ended[key] = (event.id, ended.get(key, ("", set()))[1] | {customer})
         context.log.info(
             f"{event.id}: invoice for period {key} of customer {customer} created; final push, "
             "then reconciliation inside the finalization grace window"
         )
+    # one push per customer per tick: the reconciliation waits for that run, whichever
+    # event asked for it last
+    for key, (event_id, customers) in ended.items():
+        waiting = cursor.waiting.setdefault(key, {"pushes": []})
+        waiting["event"] = event_id
+        waiting["pushes"] = sorted({*waiting["pushes"], *(pushes[c].run_key for c in customers)})
     if last_subscription_event is not None:
         requests.append(
             dg.RunRequest(
@@ -184,7 +187,7 @@ def stripe_events(context: dg.SensorEvaluationContext, stripe: StripeResource) -
     if events:
         cursor.after = events[-1].id
     known = set(context.instance.get_dynamic_partitions(billing_periods.name))
-    missing = sorted({key for key in new_periods if key not in known})
+    missing = sorted(key for key in ended if key not in known)
     return dg.SensorResult(
         run_requests=requests,
         cursor=cursor.dump(),
