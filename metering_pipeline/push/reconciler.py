@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from metering_pipeline.billing.catalog import Invoice, Price
-from metering_pipeline.billing.identifiers import idempotency_key, meter_event_identifier
+from metering_pipeline.billing.identifiers import idempotency_key
 from metering_pipeline.billing.ledger import (
     STRIPE_MAX_EVENT_AGE,
     LedgerEntry,
@@ -41,6 +41,7 @@ from metering_pipeline.push.tables import (
     LedgerRow,
     PushKey,
     ensure_push_tables,
+    entry_identifier,
     insert_late,
     insert_pending,
     pending_summary,
@@ -287,8 +288,9 @@ def _plan(
             continue
         plan.new.append(
             LedgerRow(
-                identifier=meter_event_identifier(
-                    f"{key.subscription_item_id}/{key.price_id}",
+                identifier=entry_identifier(
+                    key.subscription_item_id,
+                    key.price_id,
                     key.stripe_customer_id,
                     key.meter,
                     key.period_start,

@@ -14,6 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from metering_pipeline.billing.catalog import Price, Tier
+from metering_pipeline.billing.identifiers import meter_event_identifier
 from metering_pipeline.warehouse import Connection
 
 LEDGER = "metering.meter_event_ledger"
@@ -136,6 +137,21 @@ class LateRow:
     @property
     def key(self) -> tuple[str, str, datetime]:
         return (self.subscription_item_id, self.price_id, self.period_start)
+
+
+def entry_identifier(
+    subscription_item_id: str,
+    price_id: str,
+    stripe_customer_id: str,
+    meter: str,
+    period_start: datetime,
+    sequence: int,
+) -> str:
+    """The meter-event identifier of a ledger entry; the price joins the item so that the two
+    prices of one item in one period never share an identifier."""
+    return meter_event_identifier(
+        f"{subscription_item_id}/{price_id}", stripe_customer_id, meter, period_start, sequence
+    )
 
 
 def ensure_push_tables(conn: Connection) -> None:
