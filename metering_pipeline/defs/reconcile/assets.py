@@ -1,6 +1,7 @@
 """Reconciliation per billing period, its blocking check, and the repair job."""
 
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import dagster as dg
 from pydantic import Field
@@ -182,7 +183,7 @@ def _steps_table(steps: list[RepairStep]) -> str:
     return "\n".join(lines)
 
 
-def _number(value) -> str:
+def _number(value: Decimal | None) -> str:
     return "–" if value is None else f"{value.normalize():f}"
 
 
