@@ -57,7 +57,7 @@ def sql_literal(value: object) -> str:
 
 # DuckDB would take up to 80% of RAM for a month's window functions; with a cap it spills to
 # disk instead, which keeps a 10M-row single-run backfill inside the ~2 GB budget.
-DUCKDB_MEMORY_LIMIT = "1GB"
+DUCKDB_MEMORY_LIMIT = "512MB"
 
 
 def use_utc(connection: Connection) -> None:
