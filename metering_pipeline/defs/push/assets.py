@@ -55,6 +55,7 @@ def _metadata(report: PushReport, stripe_stats: dict[str, float | int]) -> dict:
         "oldest_pending_age_seconds": report.oldest_pending_seconds or 0.0,
         "waiting_for_stripe_clock": report.waiting,
         "late_usage_count": report.late_usage_count,
+        "late_usage_amount": dg.MetadataValue.json(amounts),
         **{f"late_usage_amount_{currency}": amount for currency, amount in amounts.items()},
         **stripe_stats,
         "problems": dg.MetadataValue.md(
