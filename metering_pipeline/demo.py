@@ -1,185 +1,546 @@
-"""`metering demo`: a guided tour of usage billing on the Stripe sandbox, start to invoice.
+"""`metering demo`: the whole product once, on the embedded default, from source rows to
+finalized Stripe invoices.
 
-It runs entirely in-process with no network: it starts the sandbox, sets up a metered price with
-graduated tiers, subscribes a customer whose time is a Stripe test clock, reports usage through
-the official stripe SDK, and moves the clock through the billing period and the invoice's
-finalization grace period, narrating what Stripe does at each step.
+A billing period is staged on Stripe test clocks (the in-process sandbox without
+``STRIPE_API_KEY``; a test-mode account with one): four customers with different anchors,
+graduated and volume tiers, one plan change mid-period. Seeded usage with the hostile cases runs
+through the real Dagster assets (extract, validate, dbt, push, reconciliation) into a persistent
+Dagster instance, so every run can be opened afterwards in ``dagster dev``.
+
+    metering demo                               # the product
+    python -m metering_pipeline.demo --sandbox-tour   # the sandbox alone, step by step
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import secrets
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
-import stripe
+import dagster as dg
+from dagster_dbt import DbtCliResource
 
-from metering_pipeline.stripe_sandbox import run_sandbox
+from metering_pipeline.billing.periods import period_start
+from metering_pipeline.defs.extract.assets import raw_usage_events
+from metering_pipeline.defs.partitions import period_key
+from metering_pipeline.defs.push.assets import meter_events_delivered, stripe_meter_events
+from metering_pipeline.defs.quality.assets import validated_usage_events
+from metering_pipeline.defs.quality.checks import (
+    counts_add_up,
+    great_expectations_suite,
+    partition_level_quality,
+)
+from metering_pipeline.defs.reconcile.assets import billing_period_reconciliation
+from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
+from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.transform.assets import usage_models
+from metering_pipeline.defs.transform.project import dbt_project
+from metering_pipeline.settings import Settings, duckdb_path, load_settings
+from metering_pipeline.sources.reader import SOURCE_TABLE
+from metering_pipeline.sources.seed import seed_usage
+from metering_pipeline.stripe_io.provision import ClockedCustomer, Provisioner, TierSpec
+from metering_pipeline.warehouse import Database
 
-PERIOD_START = datetime(2026, 11, 5, tzinfo=UTC)
-TIERS = [
-    {"up_to": 1000, "unit_amount_decimal": "1"},
-    {"up_to": 10000, "unit_amount_decimal": "0.8"},
-    {"up_to": "inf", "unit_amount_decimal": "0.5"},
-]
-USAGE = [  # (day of month, API calls reported that day)
-    (6, 1200),
-    (12, 3400),
-    (19, 2900),
-    (27, 4100),
-    (4, 900),  # 4 December: the last day of the period
-]
+# The hourly chain, extract to push, with the checks that guard it: one run per call.
+HOURLY_CHAIN = (
+    raw_usage_events,
+    validated_usage_events,
+    great_expectations_suite,
+    partition_level_quality,
+    counts_add_up,
+    usage_models,
+    stripe_meter_events,
+    meter_events_delivered,
+)
+HOUR_FORMAT = "%Y-%m-%d-%H:%M"
+# Runs log to the instance (read them in the UI); the console keeps to the demo's own story.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+DEMO_EVENTS = 200_000
+
+PLANS: dict[str, tuple[str, tuple[TierSpec, ...]]] = {
+    "standard": (
+        "graduated",
+        (TierSpec(100_000, "0.04"), TierSpec(1_000_000, "0.025"), TierSpec(None, "0.01")),
+    ),
+    "pro": ("graduated", (TierSpec(500_000, "0.03", flat_amount=5_000), TierSpec(None, "0.015"))),
+    "messages": (
+        "volume",
+        (TierSpec(200_000, "0.05"), TierSpec(1_000_000, "0.03"), TierSpec(None, "0.02")),
+    ),
+    "messages_base_fee": (
+        "volume",
+        (TierSpec(100_000, "0.05", flat_amount=2_500), TierSpec(None, "0.04", flat_amount=1_000)),
+    ),
+}
+METERS = ("api_calls", "messages")
 
 
-def _when(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
+@dataclass(frozen=True)
+class DemoCustomer:
+    app_id: str  # the application's key, as the seed writes it and the metadata maps it
+    name: str
+    anchor: datetime
+    plans: dict[str, str]  # meter -> plan
+    plan_change: tuple[str, str] | None = None  # (meter, new plan) at PLAN_CHANGE_AT
+
+    @property
+    def period(self) -> tuple[datetime, datetime]:
+        return self.anchor, period_start(self.anchor, "month", 1, 1)
+
+
+CUSTOMERS = (
+    DemoCustomer(
+        "customer_0001",
+        "Acme",
+        datetime(2026, 10, 5, tzinfo=UTC),
+        {"api_calls": "standard", "messages": "messages"},
+    ),
+    DemoCustomer(
+        "customer_0002",
+        "Globex",
+        datetime(2026, 10, 5, 10, 30, tzinfo=UTC),
+        {"api_calls": "standard", "messages": "messages"},
+        plan_change=("api_calls", "pro"),
+    ),
+    DemoCustomer(
+        "customer_0003",
+        "Initech",
+        datetime(2026, 10, 6, tzinfo=UTC),
+        {"api_calls": "standard", "messages": "messages_base_fee"},
+    ),
+    DemoCustomer(
+        "customer_0004",
+        "Umbrella",
+        datetime(2026, 10, 7, 12, tzinfo=UTC),
+        {"api_calls": "standard", "messages": "messages"},
+    ),
+)
+USAGE_START = datetime(2026, 10, 8, tzinfo=UTC)  # inside every customer's period ...
+USAGE_DAYS = 27  # ... and ending before the first period end (Nov 5)
+PLAN_CHANGE_AT = datetime(2026, 10, 20, 12, tzinfo=UTC)
+BEFORE_PERIOD_END = datetime(2026, 11, 4, 12, tzinfo=UTC)
+LATE_USAGE = {"api_calls": Decimal(2_500), "messages": Decimal(1_200)}
+LATE_BEFORE_END = timedelta(minutes=45)  # when the late usage happened, before the period end
+INTO_GRACE = timedelta(minutes=20)  # inside Stripe's 1-hour finalization grace
+PAST_GRACE = timedelta(hours=2)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run here; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    meter: str
+    price_id: str
+    ours: Decimal
+    stripe: Decimal
+    expected_amount: Decimal | None
+    variance: Decimal
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class CustomerResult:
+    customer: DemoCustomer
+    stripe_customer_id: str
+    invoice_id: str
+    invoice_status: str
+    invoice_amount_due: int
+    items: tuple[ItemResult, ...]
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    customers: tuple[CustomerResult, ...]
+    flagged: int
+    source_url: str
+    warehouse_url: str
+    dagster_home: Path
+    meters: dict[str, str]  # our meter name -> the event_name used at Stripe
+    run_ids: tuple[str, ...]
+
+
+@dataclass
+class _Stage:
+    """What one demo needs at hand: settings, Stripe, the Dagster instance, the warehouse."""
+
+    settings: Settings
+    provisioner: Provisioner
+    stripe: StripeResource
+    instance: dg.DagsterInstance
+    source_url: str
+    say: Callable[[str], None]
+    run_ids: list[str]
+
+    @property
+    def resources(self) -> dict:
+        return {
+            "warehouse": WarehouseResource(url=self.settings.warehouse_url),
+            "source": SourceResource(url=self.source_url),
+            "dbt": DbtCliResource(project_dir=dbt_project),
+            "stripe": self.stripe,
+        }
+
+    def materialize(self, assets, **kwargs) -> dg.ExecuteInProcessResult:
+        result = dg.materialize(assets, instance=self.instance, resources=self.resources, **kwargs)
+        self.run_ids.append(result.run_id)
+        if not result.success:
+            raise DemoError(
+                f"Dagster run {result.run_id} failed; open it in `dagster dev` (see the end of "
+                "this output) to read which step and why"
+            )
+        return result
+
+    def sync_catalog(self) -> None:
+        self.materialize([stripe_catalog])
+
+    def run_hours(self, first: datetime, last: datetime) -> dg.ExecuteInProcessResult:
+        """One single-run backfill of the hours first..last through extract, validate, dbt and
+        push: the same run Dagster's backfill launches for a range."""
+        return self.materialize(HOURLY_CHAIN, tags=hour_range_tags(first, last))
+
+
+def hour_range_tags(first: datetime, last: datetime) -> dict[str, str]:
+    return {
+        "dagster/asset_partition_range_start": first.strftime(HOUR_FORMAT),
+        "dagster/asset_partition_range_end": last.strftime(HOUR_FORMAT),
+    }
+
+
+def dagster_instance(settings: Settings) -> tuple[dg.DagsterInstance, Path]:
+    """The persistent instance ``dagster dev`` opens: $DAGSTER_HOME, else .metering/dagster.
+
+    A single-run backfill of a month plans ~700 partitions per asset; Dagster's own switch makes
+    that one planned event per asset instead of one per partition, which on SQLite is minutes.
+    """
+    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.home / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.from_config(str(home)), home
+
+
+def run_demo(*, events: int = DEMO_EVENTS, say: Callable[[str], None] = print) -> DemoResult:
+    settings = load_settings()
+    _fresh_warehouse(settings)
+    instance, dagster_home = dagster_instance(settings)
+    source_url = f"duckdb:///{settings.home / 'demo_source.duckdb'}"
+    began = time.perf_counter()
+    with _stripe(settings, say) as (provisioner, stripe_resource):
+        stage = _Stage(settings, provisioner, stripe_resource, instance, source_url, say, [])
+        # On a real account event names must be new: meters cannot be deleted.
+        suffix = "" if settings.uses_sandbox else f"_{secrets.token_hex(3)}"
+        meters = {meter: f"{meter}{suffix}" for meter in METERS}
+        with instance:
+            result = _run(stage, meters, events, dagster_home)
+    say(f"\nDone in {time.perf_counter() - began:,.0f} s.")
+    _print_how_to_open(dagster_home, say)
+    return result
+
+
+@contextmanager
+def _stripe(settings: Settings, say) -> Iterator[tuple[Provisioner, StripeResource]]:
+    if not settings.uses_sandbox:
+        say("Stripe: the test-mode account of STRIPE_API_KEY (its test clocks keep the time).")
+        if not settings.stripe_api_key.reveal().startswith(("sk_test_", "rk_test_")):
+            raise DemoError("the demo creates customers and clocks: use a test-mode key")
+        yield (
+            Provisioner(settings.stripe_api_key.reveal(), settings.stripe_api_base),
+            (StripeResource()),
+        )
+        return
+    from metering_pipeline.stripe_sandbox import run_sandbox
+
+    # 100 requests/s (live mode's budget): in-process calls take microseconds, not the ~100 ms
+    # of a real round trip, so test mode's 25/s would throttle the staging bursts.
+    with run_sandbox(requests_per_second=100) as sandbox:
+        say(f"Stripe: the sandbox, in-process at {sandbox.url} (no network, no key).")
+        yield (
+            Provisioner(settings.stripe_api_key.reveal(), sandbox.url),
+            StripeResource(api_base=sandbox.url),
+        )
+
+
+def _run(stage: _Stage, meters: dict[str, str], events: int, dagster_home: Path) -> DemoResult:
+    say = stage.say
+    _step(say, 1, "Stripe catalog: meters, tiered prices, customers on test clocks, subscriptions")
+    customers, prices = _provision(stage.provisioner, meters, say)
+    clocks = [customer.clock_id for customer in customers.values()]
+
+    _step(say, 2, f"Seed the source: {events:,} usage events over {USAGE_DAYS} days + hostile rows")
+    summary = seed_usage(
+        stage.source_url,
+        customers=len(CUSTOMERS),
+        meters=list(meters.values()),
+        start=USAGE_START,
+        days=USAGE_DAYS,
+        events=events,
+        hostile=True,
+        replace=True,
+    )
+    hostile = ", ".join(f"{count:,} {name}" for name, count in summary.hostile_rows.items())
+    say(f"   {summary.rows:,} rows into {SOURCE_TABLE} ({hostile})")
+
+    first_hour = min(customer.anchor for customer in CUSTOMERS)
+    change = next(c for c in CUSTOMERS if c.plan_change)
+    _step(
+        say,
+        3,
+        f"The hourly runs up to {_when(PLAN_CHANGE_AT)}, as one run: extract, validate, dbt, push",
+    )
+    stage.provisioner.advance(clocks, PLAN_CHANGE_AT)
+    stage.sync_catalog()
+    stage.run_hours(first_hour, PLAN_CHANGE_AT - timedelta(hours=1))
+    say(f"   {_ledger_summary(stage)}")
+
+    meter, plan = change.plan_change
+    _step(say, 4, f"{change.name} moves {meter} from {change.plans[meter]} to {plan} (mid-period)")
+    stage.provisioner.change_price(customers[change.app_id], meters[meter], prices[plan])
+    say("   Stripe billed the old price's usage it had received at that instant; the push had")
+    say("   delivered it just before, so nothing is lost between the two prices")
+    stage.sync_catalog()
+
+    last_hour = max(customer.period[1] for customer in CUSTOMERS) - timedelta(hours=1)
+    _step(say, 5, f"Single-run backfill of every hour, {_when(first_hour)} to {_when(last_hour)}")
+    stage.provisioner.advance(clocks, BEFORE_PERIOD_END)
+    result = stage.run_hours(first_hour, last_hour)
+    say(f"   one run ({result.run_id[:8]}), {_quality_summary(stage)}")
+    say(f"   {_ledger_summary(stage)}")
+
+    _step(say, 6, "Each clock into its invoice's finalization grace hour; late rows arrive")
+    for customer in CUSTOMERS:
+        clock = customers[customer.app_id].clock_id
+        stage.provisioner.advance([clock], customer.period[1] + INTO_GRACE)
+    late_hours = _add_late_rows(stage.source_url, meters)
+    stage.sync_catalog()
+    stage.run_hours(min(late_hours), max(late_hours))
+    say(f"   late usage pushed while the invoices are drafts; {_ledger_summary(stage)}")
+
+    _step(say, 7, "Reconciliation per billing period: ours vs ledger vs Stripe")
+    keys = sorted({period_key(*customer.period) for customer in CUSTOMERS})
+    for key in keys:
+        stage.materialize([billing_period_reconciliation], partition_key=key)
+    results = _reconciliation(stage.settings.warehouse_url)
+    flagged = sum(1 for rows in results.values() for row in rows if row.flagged)
+    say(f"   {len(keys)} billing periods, {flagged} item(s) flagged above the 1% threshold")
+
+    _step(say, 8, "Each clock past the grace hour: Stripe finalizes the invoices")
+    outcomes = []
+    for customer in CUSTOMERS:
+        clocked = customers[customer.app_id]
+        stage.provisioner.advance([clocked.clock_id], customer.period[1] + PAST_GRACE)
+        invoice = stage.provisioner.cycle_invoice(clocked, customer.period[1])
+        outcomes.append(
+            CustomerResult(
+                customer,
+                clocked.customer_id,
+                invoice["id"],
+                invoice["status"],
+                invoice["amount_due"],
+                tuple(results.get(clocked.customer_id, ())),
+            )
+        )
+    _print_table(outcomes, meters, say)
+    return DemoResult(
+        tuple(outcomes),
+        flagged,
+        stage.source_url,
+        stage.settings.warehouse_url,
+        dagster_home,
+        meters,
+        tuple(stage.run_ids),
+    )
+
+
+def _provision(
+    provisioner: Provisioner, meters: dict[str, str], say
+) -> tuple[dict[str, ClockedCustomer], dict[str, str]]:
+    """Customers by app id, and price ids by plan."""
+    meter_ids = {
+        meter: provisioner.meter(event_name, meter.replace("_", " "))
+        for meter, event_name in meters.items()
+    }
+    plan_meter = {"standard": "api_calls", "pro": "api_calls"}
+    prices = {
+        plan: provisioner.tiered_price(
+            meter_ids[plan_meter.get(plan, "messages")], f"{plan} plan", mode, tiers
+        )
+        for plan, (mode, tiers) in PLANS.items()
+    }
+    customers = {}
+    for customer in CUSTOMERS:
+        customers[customer.app_id] = provisioner.subscribed_customer(
+            customer.name,
+            {"metering_customer_id": customer.app_id},
+            customer.anchor,
+            {meters[meter]: prices[plan] for meter, plan in customer.plans.items()},
+        )
+        start, end = customer.period
+        say(
+            f"   {customer.name:<9} {customers[customer.app_id].customer_id}  period "
+            f"{_when(start)} → {_when(end)}  "
+            + ", ".join(f"{m}: {p} ({PLANS[p][0]})" for m, p in customer.plans.items())
+        )
+    return customers, prices
+
+
+def _add_late_rows(source_url: str, meters: dict[str, str]) -> list[datetime]:
+    """Usage from just before each period end that lands during the grace hour."""
+    rows, hours = [], []
+    for customer in CUSTOMERS:
+        end = customer.period[1]
+        occurred = end - LATE_BEFORE_END
+        hours.append(occurred.replace(minute=0, second=0, microsecond=0))
+        rows += [
+            (
+                f"late_{customer.app_id}_{meter}",
+                customer.app_id,
+                meters[meter],
+                quantity,
+                occurred,
+                end + INTO_GRACE / 2,
+            )
+            for meter, quantity in LATE_USAGE.items()
+        ]
+    with Database(source_url).connect() as conn:
+        conn.executemany(
+            f"insert into {SOURCE_TABLE} (event_id, customer_id, meter, quantity, occurred_at, "
+            "received_at) values (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return hours
+
+
+def _fresh_warehouse(settings: Settings) -> None:
+    """The demo starts from an empty warehouse: it deletes its own DuckDB file, and refuses a
+    PostgreSQL warehouse that already holds pipeline tables rather than touch them."""
+    if settings.warehouse_kind == "duckdb":
+        path = duckdb_path(settings.warehouse_url)
+        for leftover in (path, path.with_name(path.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    with Database(settings.warehouse_url).connect() as conn:
+        found = conn.fetchall(
+            "select count(*) from information_schema.tables "
+            "where table_schema in ('metering', 'analytics')"
+        )[0][0]
+    if found:
+        raise DemoError(
+            f"the warehouse at METERING_WAREHOUSE_URL already holds {found} pipeline tables; the "
+            "demo needs an empty database: create one and point METERING_WAREHOUSE_URL at it"
+        )
+
+
+def _quality_summary(stage: _Stage) -> str:
+    with Database(stage.settings.warehouse_url).connect() as conn:
+        extracted = conn.fetchall("select count(*) from metering.raw_usage_events")[0][0]
+        accepted = conn.fetchall("select count(*) from metering.accepted_usage_events")[0][0]
+        reasons = conn.fetchall(
+            "select reason_code, count(*) from metering.quarantined_usage_events "
+            "group by reason_code order by 2 desc"
+        )
+    quarantined = sum(count for _, count in reasons)
+    detail = ", ".join(f"{code} {count}" for code, count in reasons)
+    return (
+        f"{extracted:,} rows extracted = {accepted:,} accepted + {quarantined:,} quarantined "
+        f"({detail})"
+    )
+
+
+def _ledger_summary(stage: _Stage) -> str:
+    with Database(stage.settings.warehouse_url).connect() as conn:
+        rows = conn.fetchall(
+            "select status, count(*) from metering.meter_event_ledger group by status"
+        )
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(rows))
+    return f"meter-event ledger: {counts or 'empty'}"
+
+
+def _reconciliation(warehouse_url: str) -> dict[str, list[ItemResult]]:
+    with Database(warehouse_url).connect() as conn:
+        rows = conn.fetchall(
+            "select stripe_customer_id, meter, price_id, ours, stripe, expected_amount, "
+            "variance, flagged from metering.reconciliation_results "
+            "order by stripe_customer_id, meter, window_start"
+        )
+    results: dict[str, list[ItemResult]] = {}
+    for customer, meter, price, ours, stripe_qty, expected, variance, flagged in rows:
+        results.setdefault(customer, []).append(
+            ItemResult(
+                meter,
+                price,
+                Decimal(ours),
+                Decimal(stripe_qty),
+                None if expected is None else Decimal(expected),
+                Decimal(variance),
+                bool(flagged),
+            )
+        )
+    return results
+
+
+def _print_table(outcomes: list[CustomerResult], meters: dict[str, str], say) -> None:
+    names = {event_name: meter for meter, event_name in meters.items()}
+    say("")
+    say(f"   {'customer':<10}{'meter':<11}{'ours':>13}{'Stripe':>13}{'variance':>10}  invoice")
+    for outcome in outcomes:
+        first = True
+        for item in outcome.items:
+            invoice = (
+                f"{_money(outcome.invoice_amount_due)} {outcome.invoice_status} "
+                f"({outcome.invoice_id})"
+                if first
+                else ""
+            )
+            name = outcome.customer.name if first else ""
+            say(
+                f"   {name:<10}{names.get(item.meter, item.meter):<11}"
+                f"{item.ours.normalize():>13,f}{item.stripe.normalize():>13,f}"
+                f"{item.variance * 100:>9.2f}%  {invoice}"
+            )
+            first = False
+
+
+def _print_how_to_open(dagster_home: Path, say) -> None:
+    say("\nEvery step above was a real Dagster run. Open them, with their metadata and checks:")
+    say(f"   DAGSTER_HOME={dagster_home} .venv/bin/dagster dev   # then http://127.0.0.1:3000/runs")
+
+
+def _step(say, number: int, text: str) -> None:
+    say(f"\n{number}. {text}")
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 def _money(cents: int) -> str:
     return f"${Decimal(cents) / 100:,.2f}"
 
 
-def _step(number: int, text: str) -> None:
-    print(f"\n{number}. {text}")
-
-
-def _advance(client: stripe.StripeClient, clock_id: str, frozen_time: int) -> None:
-    client.v1.test_helpers.test_clocks.advance(clock_id, {"frozen_time": frozen_time})
-    while client.v1.test_helpers.test_clocks.retrieve(clock_id).status != "ready":
-        time.sleep(0.2)  # poll gently: test mode allows 25 requests a second
-    print(f"   test clock is now {_when(frozen_time)}")
-
-
-def run_demo() -> None:
-    # Live mode's budget (100 requests/s): in-process calls take microseconds, not the ~100 ms
-    # a real round trip takes, so test mode's 25/s would throttle the tour's bursts.
-    with run_sandbox(requests_per_second=100) as sandbox:
-        print(f"Stripe sandbox running at {sandbox.url} (in-process, no network).")
-        client = stripe.StripeClient(
-            "sk_test_demo", base_addresses={"api": sandbox.url, "meter_events": sandbox.url}
-        )
-        _tour(client)
-
-
-def _tour(client: stripe.StripeClient) -> None:
-    start = int(PERIOD_START.timestamp())
-
-    _step(1, "Create a billing meter: it sums the `value` of every `api_calls` event.")
-    meter = client.v1.billing.meters.create(
-        {
-            "display_name": "API calls",
-            "event_name": "api_calls",
-            "default_aggregation": {"formula": "sum"},
-        }
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--sandbox-tour", action="store_true", help="the sandbox alone, narrated step by step"
     )
-    print(f"   meter {meter.id} (event_name={meter.event_name})")
+    parser.add_argument("--events", type=int, default=DEMO_EVENTS, help="seeded usage events")
+    args = parser.parse_args(argv)
+    if args.sandbox_tour:
+        from metering_pipeline.sandbox_tour import run_sandbox_tour
 
-    _step(2, "Create a product and a metered price with graduated tiers.")
-    product = client.v1.products.create({"name": "Acme API"})
-    price = client.v1.prices.create(
-        {
-            "currency": "usd",
-            "product": product.id,
-            "billing_scheme": "tiered",
-            "tiers_mode": "graduated",
-            "tiers": TIERS,
-            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
-        }
-    )
-    print(f"   price {price.id}: first 1,000 calls at 1¢, next 9,000 at 0.8¢, beyond at 0.5¢")
-
-    _step(3, "Create a customer on a test clock frozen at the start of the period.")
-    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start, "name": "demo"})
-    customer = client.v1.customers.create(
-        {
-            "name": "Globex Corp",
-            "email": "billing@globex.example",
-            "test_clock": clock.id,
-            "metadata": {"metering_customer_id": "globex"},
-        }
-    )
-    print(f"   customer {customer.id}, test clock {clock.id} at {_when(clock.frozen_time)}")
-
-    _step(4, "Subscribe the customer to the metered price (billing mode flexible).")
-    subscription = client.v1.subscriptions.create(
-        {"customer": customer.id, "items": [{"price": price.id}]}
-    )
-    item = subscription["items"].data[0]
-    period_end = item.current_period_end
-    print(
-        f"   subscription {subscription.id}: period {_when(item.current_period_start)} "
-        f"→ {_when(period_end)}"
-    )
-
-    _step(5, "Report usage as meter events, moving the clock through the month.")
-    total = 0
-    for day, calls in USAGE:
-        month = 12 if day < PERIOD_START.day else 11
-        moment = int(datetime(2026, month, day, 12, tzinfo=UTC).timestamp())
-        _advance(client, clock.id, moment)
-        client.v1.billing.meter_events.create(
-            {
-                "event_name": "api_calls",
-                "payload": {"stripe_customer_id": customer.id, "value": str(calls)},
-                "identifier": f"globex-{month}-{day}",
-                "timestamp": moment,
-            },
-        )
-        total += calls
-        print(f"   sent {calls:>5,} calls on {_when(moment)} (running total {total:,})")
-    try:
-        client.v1.billing.meter_events.create(
-            {
-                "event_name": "api_calls",
-                "payload": {"stripe_customer_id": customer.id, "value": "900"},
-                "identifier": "globex-12-4",
-            }
-        )
-    except stripe.InvalidRequestError as error:
-        print(f"   a retry with the same identifier is refused: {error.user_message}")
-
-    preview = client.v1.invoices.create_preview({"subscription": subscription.id})
-    print(f"   invoice preview before the period ends: {_money(preview.amount_due)}")
-
-    _step(6, "Advance past the period end: Stripe drafts the invoice and waits an hour.")
-    _advance(client, clock.id, period_end + 60)
-    (draft,) = [
-        invoice
-        for invoice in client.v1.invoices.list({"customer": customer.id}).data
-        if invoice.billing_reason == "subscription_cycle"
-    ]
-    print(
-        f"   invoice {draft.id} is {draft.status}, {_money(draft.amount_due)}, finalizes "
-        f"automatically at {_when(draft.automatically_finalizes_at)}"
-    )
-    late = int(datetime(2026, 11, 30, 9, tzinfo=UTC).timestamp())
-    client.v1.billing.meter_events.create(
-        {
-            "event_name": "api_calls",
-            "payload": {"stripe_customer_id": customer.id, "value": "500"},
-            "identifier": "globex-late-11-30",
-            "timestamp": late,
-        }
-    )
-    total += 500
-    print("   500 late calls from 30 November arrive during the grace hour: they still count")
-
-    _step(7, "Advance past the grace period: the invoice is finalized and frozen.")
-    _advance(client, clock.id, draft.automatically_finalizes_at + 60)
-    invoice = client.v1.invoices.retrieve(draft.id)
-    _print_invoice(client, invoice, total)
+        run_sandbox_tour()
+    else:
+        run_demo(events=args.events)
 
 
-def _print_invoice(client: stripe.StripeClient, invoice, total: int) -> None:
-    print(f"\n   Invoice {invoice.number} ({invoice.id}) — status: {invoice.status}")
-    print(f"   period {_when(invoice.period_start)} → {_when(invoice.period_end)}")
-    for line in client.v1.invoices.line_items.list(invoice.id).data:
-        print(f"   {line.description:<40} qty {line.quantity:>7,}   {_money(line.amount):>10}")
-    print(f"   {'Total due':<55}{_money(invoice.amount_due):>10}")
-    tier_one = min(total, 1000)
-    tier_two = min(max(total - 1000, 0), 9000)
-    tier_three = max(total - 10000, 0)
-    print(
-        f"\n   How Stripe got there: {tier_one:,} × 1¢ + {tier_two:,} × 0.8¢ + "
-        f"{tier_three:,} × 0.5¢, computed in decimal and rounded once to the cent."
-    )
+if __name__ == "__main__":
+    main()
