@@ -217,51 +217,26 @@ def _plan(
         )
         resend = {entry.sequence for entry in push.resend}
         plan.resend += [row for row in rows if row.sequence in resend]
+        now = facts.now(key.test_clock)
+
+        def late(billed: Decimal, reason: str, key: PushKey = key) -> None:
+            _queue_late(plan, key, queued[key.id], billed, reason, prices, policy, report)
+
+        if key.window_end < key.period_end and key.window_end <= now:
+            # The price left the item (or the item left the subscription): whatever Stripe did
+            # not bill by then it never will, however much of it the ledger sent.
+            late(facts.billed_quantity(key), "plan_change")
+            continue
         if push.value is None:
             continue
-        now = facts.now(key.test_clock)
         if now < key.window_start:
             report.waiting += 1  # usage stamped after Stripe's (test) clock: not yet sendable
             continue
-        closed_by_change = key.window_end < key.period_end and key.window_end <= now
-        if closed_by_change:
-            _queue_late(
-                plan,
-                key,
-                queued[key.id],
-                facts.billed_quantity(key),
-                "plan_change",
-                prices,
-                policy,
-                report,
-            )
+        counted = push.counted or Decimal(0)
+        closed = _closed_period(key, now, facts, grace)
+        if closed:
+            late(counted, closed)
             continue
-        if now >= key.period_end:
-            invoice = facts.period_invoice(key)
-            if invoice is not None and invoice.status != "draft":
-                _queue_late(
-                    plan,
-                    key,
-                    queued[key.id],
-                    push.counted or Decimal(0),
-                    "invoice_finalized",
-                    prices,
-                    policy,
-                    report,
-                )
-                continue
-            if invoice is None and now >= key.period_end + grace:
-                _queue_late(
-                    plan,
-                    key,
-                    queued[key.id],
-                    push.counted or Decimal(0),
-                    "period_closed",
-                    prices,
-                    policy,
-                    report,
-                )
-                continue
         after = max((r.event_timestamp for r in rows if r.status != "failed"), default=None)
         stamp = event_timestamp(
             key.window_start,
@@ -270,16 +245,7 @@ def _plan(
             after=after if formula == "last" else None,
         )
         if stamp is None:
-            _queue_late(
-                plan,
-                key,
-                queued[key.id],
-                push.counted or Decimal(0),
-                "too_old",
-                prices,
-                policy,
-                report,
-            )
+            late(counted, "too_old")
             continue
         try:
             meter_value(push.value)
@@ -311,6 +277,18 @@ def _plan(
             )
         )
     return plan
+
+
+def _closed_period(
+    key: PushKey, now: datetime, facts: _StripeFacts, grace: timedelta
+) -> str | None:
+    """Why an ended period can no longer take usage, or None while its invoice is a draft."""
+    if now < key.period_end:
+        return None
+    invoice = facts.period_invoice(key)
+    if invoice is not None:
+        return None if invoice.status == "draft" else "invoice_finalized"
+    return "period_closed" if now >= key.period_end + grace else None
 
 
 def _stamp_bound(key: PushKey, now: datetime, after: datetime | None) -> datetime:

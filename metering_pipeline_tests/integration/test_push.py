@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from metering_pipeline.billing.tiers import amount_minor_units, incremental_amount
 from metering_pipeline.push.tables import read_prices
@@ -50,6 +51,11 @@ def metadata(result: dg.ExecuteInProcessResult) -> dict:
     return {key: value.value for key, value in materializations[0].metadata.items()}
 
 
+def delivered_check_passed(result: dg.ExecuteInProcessResult) -> bool:
+    (evaluation,) = result.get_asset_check_evaluations()
+    return evaluation.passed
+
+
 def ledger_statuses(url: str) -> dict[str, int]:
     return dict(query(url, "select status, count(*) from metering.meter_event_ledger group by 1"))
 
@@ -84,6 +90,7 @@ def test_exactly_once_under_faults_and_a_backfill_of_pushed_hours_sends_nothing(
     assert first_meta["events_sent"] + first_meta["already_delivered"] == len(world.customers)
     assert first_meta["stripe_retries"] > 0
     assert second_meta["pending"] == 0 and second_meta["failed"] == 0
+    assert delivered_check_passed(second)
 
     # a backfill of the whole, already pushed, range: not a single meter-event call
     before = meter_event_calls(stripe_sandbox)
@@ -142,6 +149,7 @@ def test_a_push_killed_midway_and_run_again_counts_each_event_once(
     assert world.stripe_totals() == expected
     assert ledger_statuses(warehouse_url) == {"sent": len(world.customers)}
     assert metadata(rerun)["resent_pending"] > 0
+    assert delivered_check_passed(rerun)
 
 
 def test_two_pushes_of_the_same_hours_at_once_count_each_event_once(
@@ -218,10 +226,15 @@ def test_usage_for_a_finalized_invoice_is_queued_with_its_amount_and_invoiced_on
     assert world.stripe_totals() == {customer: Decimal(900)}
 
 
+@pytest.mark.parametrize(("billing_mode", "billed"), [("flexible", 1500), ("classic", 0)])
 def test_a_plan_change_gap_is_priced_at_the_old_price_as_the_increment_on_its_tiers(
-    duckdb_url, stripe_sandbox, stripe_client
+    duckdb_url, stripe_sandbox, stripe_client, billing_mode, billed
 ):
-    world = build_world(duckdb_url, stripe_sandbox.url, stripe_client, customers=1)
+    """Flexible mode bills the 1500 Stripe had at the change, classic mode none of them; either
+    way the rest is owed at the old price, priced on the tiers above what Stripe billed."""
+    world = build_world(
+        duckdb_url, stripe_sandbox.url, stripe_client, customers=1, billing_mode=billing_mode
+    )
     (customer,), (clock,), (subscription,) = world.customers, world.clocks, world.subscriptions
     old_price = world.price
     new_price = metered_price(stripe_client, world.meter.id, unit_amount=3)
@@ -255,11 +268,16 @@ def test_a_plan_change_gap_is_priced_at_the_old_price_as_the_increment_on_its_ti
     )
     with Database(duckdb_url).connect() as conn:
         old = read_prices(conn, [old_price.id])[old_price.id]
-    owed = int(amount_minor_units(old, Decimal(2200)) - amount_minor_units(old, Decimal(1500)))
-    assert owed == 560  # 700 units at 0.8 cent: the increment, not 700 units from the first tier
+    owed = int(amount_minor_units(old, Decimal(2200)) - amount_minor_units(old, Decimal(billed)))
+    # flexible: 700 units at 0.8 cent, the increment, not 700 units from the first tier;
+    # classic: all 2200 (1000 at 1 cent, 1200 at 0.8 cent)
+    assert owed == {1500: 560, 0: 1960}[billed]
     assert [(r[0], Decimal(r[1]), Decimal(r[2]), r[3], r[4], r[5]) for r in rows] == [
-        (old_price.id, Decimal(700), Decimal(1500), owed, "plan_change", "held")
+        (old_price.id, Decimal(2200 - billed), Decimal(billed), owed, "plan_change", "held")
     ]
+    # a second run queues nothing more
+    assert world.push(FIRST_HOUR, "2026-11-20-23:00").success
+    assert query(duckdb_url, "select count(*) from metering.late_usage") == [(1,)]
     # the new price's usage went to Stripe, stamped inside the new item's window
     summaries = stripe_client.v1.billing.meters.event_summaries.list(
         world.meter.id,

@@ -15,7 +15,7 @@ from decimal import Decimal
 import dagster as dg
 import stripe
 
-from metering_pipeline.defs.push.assets import stripe_meter_events
+from metering_pipeline.defs.push.assets import meter_events_delivered, stripe_meter_events
 from metering_pipeline.defs.resources import WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.stripe_catalog.resources import StripeResource
@@ -92,7 +92,13 @@ class World:
         return {customer: Decimal(total) for customer, total in rows}
 
 
-def build_world(url: str, sandbox_url: str, client: stripe.StripeClient, customers: int) -> World:
+def build_world(
+    url: str,
+    sandbox_url: str,
+    client: stripe.StripeClient,
+    customers: int,
+    billing_mode: str = "flexible",
+) -> World:
     """``customers`` customers, each on its own test clock at ``CLOCK_NOW``, subscribed since
     Nov 5 to a graduated metered price on a ``sum`` meter; the catalog synced."""
     api_calls = meter(client, "api_calls")
@@ -104,7 +110,9 @@ def build_world(url: str, sandbox_url: str, client: stripe.StripeClient, custome
         customer, clock = clocked_customer(
             client, PERIOD[0], metadata={"metering_customer_id": f"app_{index}"}
         )
-        subscriptions.append(subscribe(client, customer.id, price.id))
+        subscriptions.append(
+            subscribe(client, customer.id, price.id, billing_mode={"type": billing_mode})
+        )
         advance(client, clock.id, CLOCK_NOW)
         ids.append(customer.id)
         clocks.append(clock.id)
@@ -138,7 +146,7 @@ def push(
 ) -> dg.ExecuteInProcessResult:
     """One run of ``stripe_meter_events`` over the hours first..last, as a single-run backfill."""
     return dg.materialize(
-        [stripe_meter_events],
+        [stripe_meter_events, meter_events_delivered],
         instance=instance,
         resources={
             "stripe": StripeResource(api_base=sandbox_url),
