@@ -1,8 +1,8 @@
 """One small door to the warehouse (and the source), DuckDB or PostgreSQL behind the same calls.
 
 Pipeline-owned tables live in the ``metering`` schema; dbt models build into ``analytics``.
-SQL handed to ``execute`` uses ``%s``-free, dialect-neutral statements; parameters are passed
-with ``?`` placeholders and translated for psycopg here, so callers write one statement.
+Callers write one statement for both engines, with ``?`` placeholders; they are translated for
+psycopg here (outside quoted text), so ``?`` and ``%`` inside string literals are safe.
 """
 
 from __future__ import annotations
@@ -58,6 +58,25 @@ class Database:
                 yield Connection(raw, "postgres")
 
 
+def psycopg_placeholders(sql: str) -> str:
+    """``?`` placeholders to psycopg's ``%s``, leaving quoted text alone and doubling literal ``%``."""
+    out: list[str] = []
+    quote: str | None = None
+    for char in sql:
+        if quote:
+            if char == quote:
+                quote = None
+            out.append("%%" if char == "%" else char)
+        elif char in "'\"":
+            quote = char
+            out.append(char)
+        elif char == "?":
+            out.append("%s")
+        else:
+            out.append("%%" if char == "%" else char)
+    return "".join(out)
+
+
 class Connection:
     """The few operations the pipeline needs, with one placeholder style for both engines."""
 
@@ -65,19 +84,18 @@ class Connection:
         self.raw = raw
         self.kind = kind
 
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.kind == "postgres" else sql
+    def _run(self, sql: str, params: Sequence[Any]) -> Any:
+        if self.kind == "postgres":
+            if not params:
+                return self.raw.execute(sql)
+            return self.raw.execute(psycopg_placeholders(sql), params)
+        return self.raw.execute(sql, params)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        if self.kind == "postgres":
-            self.raw.execute(self._sql(sql), params)
-        else:
-            self.raw.execute(sql, params)
+        self._run(sql, params)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        if self.kind == "postgres":
-            return self.raw.execute(self._sql(sql), params).fetchall()
-        return self.raw.execute(sql, params).fetchall()
+        return self._run(sql, params).fetchall()
 
     def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = self.fetchall(sql, params)
@@ -88,7 +106,7 @@ class Connection:
             return
         if self.kind == "postgres":
             with self.raw.cursor() as cursor:
-                cursor.executemany(self._sql(sql), rows)
+                cursor.executemany(psycopg_placeholders(sql), rows)
         else:
             self.raw.executemany(sql, rows)
 
@@ -100,14 +118,19 @@ class Connection:
         if self.kind == "duckdb":
             self.raw.register("_arrow_batch", batch)
             try:
-                self.raw.execute(f"insert into {table} ({columns}) select {columns} from _arrow_batch")
+                self.raw.execute(
+                    f"insert into {table} ({columns}) select {columns} from _arrow_batch"
+                )
             finally:
                 self.raw.unregister("_arrow_batch")
             return
-        with self.raw.cursor() as cursor, cursor.copy(
-            f"copy {table} ({columns}) from stdin"
-        ) as copy:
-            for row in (batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])).to_pylist():
+        with (
+            self.raw.cursor() as cursor,
+            cursor.copy(f"copy {table} ({columns}) from stdin") as copy,
+        ):
+            for row in (
+                batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+            ).to_pylist():
                 copy.write_row([row[name] for name in batch.schema.names])
 
     def ensure_schema(self, schema: str = PIPELINE_SCHEMA) -> None:
