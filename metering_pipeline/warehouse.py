@@ -59,7 +59,7 @@ class Database:
 
 
 def psycopg_placeholders(sql: str) -> str:
-    """``?`` placeholders to psycopg's ``%s``, leaving quoted text alone and doubling literal ``%``."""
+    """``?`` placeholders to psycopg's ``%s``; quoted text kept, literal ``%`` doubled."""
     out: list[str] = []
     quote: str | None = None
     for char in sql:
@@ -139,7 +139,8 @@ class Connection:
     def table_exists(self, qualified_name: str) -> bool:
         schema, _, name = qualified_name.rpartition(".")
         row = self.fetchone(
-            "select count(*) from information_schema.tables where table_schema = ? and table_name = ?",
+            "select count(*) from information_schema.tables"
+            " where table_schema = ? and table_name = ?",
             (schema or ("public" if self.kind == "postgres" else "main"), name),
         )
         return bool(row and row[0])
