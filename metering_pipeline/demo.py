@@ -254,7 +254,7 @@ def _stripe(settings: Settings, say) -> Iterator[tuple[Provisioner, StripeResour
             raise DemoError("the demo creates customers and clocks: use a test-mode key")
         yield (
             Provisioner(settings.stripe_api_key.reveal(), settings.stripe_api_base),
-            (StripeResource()),
+            StripeResource(),
         )
         return
     from metering_pipeline.stripe_sandbox import run_sandbox
@@ -264,7 +264,7 @@ def _stripe(settings: Settings, say) -> Iterator[tuple[Provisioner, StripeResour
     with run_sandbox(requests_per_second=100) as sandbox:
         say(f"Stripe: the sandbox, in-process at {sandbox.url} (no network, no key).")
         yield (
-            Provisioner(settings.stripe_api_key.reveal(), sandbox.url),
+            Provisioner(settings.stripe_api_key.reveal(), sandbox.url, requests_per_second=90),
             StripeResource(api_base=sandbox.url),
         )
 

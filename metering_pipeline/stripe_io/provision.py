@@ -32,14 +32,29 @@ class ClockedCustomer:
 
 
 class Provisioner:
-    """One SDK client for staging: idempotent writes are not needed here, clocks are."""
+    """One SDK client for staging, paced under the account's request budget (Stripe answers a
+    plain rate-limit 429 without ``Stripe-Should-Retry``, so the SDK would not retry it)."""
 
-    def __init__(self, api_key: str, api_base: str | None = None) -> None:
+    def __init__(
+        self, api_key: str, api_base: str | None = None, requests_per_second: float = 20.0
+    ) -> None:
         bases = {"api": api_base, "meter_events": api_base} if api_base else {}
-        self._client = stripe.StripeClient(api_key, base_addresses=bases, max_network_retries=5)
+        client = stripe.StripeClient(api_key, base_addresses=bases, max_network_retries=5)
+        self._v1 = client.v1
+        self._interval = 1 / requests_per_second
+        self._next_call = 0.0
+
+    @property
+    def _api(self):
+        """The SDK's v1 services, one request at most every ``1 / requests_per_second`` s."""
+        wait = self._next_call - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._next_call = max(self._next_call, time.monotonic()) + self._interval
+        return self._v1
 
     def meter(self, event_name: str, display_name: str) -> str:
-        meter = self._client.v1.billing.meters.create(
+        meter = self._api.billing.meters.create(
             {
                 "display_name": display_name,
                 "event_name": event_name,
@@ -51,8 +66,8 @@ class Provisioner:
     def tiered_price(
         self, meter_id: str, product_name: str, mode: str, tiers: tuple[TierSpec, ...]
     ) -> str:
-        product = self._client.v1.products.create({"name": product_name})
-        price = self._client.v1.prices.create(
+        product = self._api.products.create({"name": product_name})
+        price = self._api.prices.create(
             {
                 "currency": "usd",
                 "product": product.id,
@@ -69,13 +84,13 @@ class Provisioner:
     ) -> ClockedCustomer:
         """A customer on its own test clock frozen at ``anchor``, subscribed then to ``prices``
         (meter event_name -> price id), so its billing periods start at ``anchor``."""
-        clock = self._client.v1.test_helpers.test_clocks.create(
+        clock = self._api.test_helpers.test_clocks.create(
             {"frozen_time": _seconds(anchor), "name": name}
         )
-        customer = self._client.v1.customers.create(
+        customer = self._api.customers.create(
             {"name": name, "test_clock": clock.id, "metadata": metadata}
         )
-        subscription = self._client.v1.subscriptions.create(
+        subscription = self._api.subscriptions.create(
             {"customer": customer.id, "items": [{"price": p} for p in prices.values()]}
         )
         by_price = {item.price.id: item.id for item in subscription["items"].data}
@@ -88,7 +103,7 @@ class Provisioner:
 
     def change_price(self, customer: ClockedCustomer, meter: str, price_id: str) -> None:
         """A mid-period plan change of one metered item, at the customer's clock time."""
-        self._client.v1.subscriptions.update(
+        self._api.subscriptions.update(
             customer.subscription_id,
             {"items": [{"id": customer.items[meter], "price": price_id}]},
         )
@@ -96,12 +111,10 @@ class Provisioner:
     def advance(self, clock_ids: list[str], moment: datetime) -> None:
         """Advance clocks and wait until Stripe has run everything they passed (``ready``)."""
         for clock_id in clock_ids:
-            self._client.v1.test_helpers.test_clocks.advance(
-                clock_id, {"frozen_time": _seconds(moment)}
-            )
+            self._api.test_helpers.test_clocks.advance(clock_id, {"frozen_time": _seconds(moment)})
         deadline = time.monotonic() + CLOCK_READY_TIMEOUT_SECONDS
         for clock_id in clock_ids:
-            while self._client.v1.test_helpers.test_clocks.retrieve(clock_id).status != "ready":
+            while self._api.test_helpers.test_clocks.retrieve(clock_id).status != "ready":
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"test clock {clock_id} did not reach {moment.isoformat()} within "
@@ -111,13 +124,10 @@ class Provisioner:
 
     def cycle_invoice(self, customer: ClockedCustomer, period_end: datetime) -> dict:
         """The subscription's invoice for the period ending at ``period_end`` (status, amounts)."""
-        invoices = self._client.v1.invoices.list(
-            {"customer": customer.customer_id, "limit": 100}
-        ).data
+        invoices = self._api.invoices.list({"customer": customer.customer_id, "limit": 100}).data
         for invoice in invoices:
-            if (
-                invoice.billing_reason == "subscription_cycle"
-                and invoice.period_end == _seconds(period_end)
+            if invoice.billing_reason == "subscription_cycle" and invoice.period_end == _seconds(
+                period_end
             ):
                 return {
                     "id": invoice.id,

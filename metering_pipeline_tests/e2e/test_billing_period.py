@@ -23,6 +23,9 @@ from metering_pipeline.demo import CUSTOMERS, PLAN_CHANGE_AT, PLANS, DemoResult,
 from metering_pipeline.stripe_io.provision import TierSpec
 
 E2E_EVENTS = 20_000
+# A billing period is ~800 hourly partitions through every stage, three times, and each run's
+# per-partition events go to a real SQLite instance: minutes, not the suite's default limit.
+pytestmark = pytest.mark.timeout(1500)
 QUANTITY_BOUND = Decimal(1_000_000_000)  # the default METERING_QUANTITY_MIN/MAX
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
