@@ -155,9 +155,13 @@ def entry_identifier(
 
 
 def ensure_push_tables(conn: Connection) -> None:
-    conn.ensure_schema()
-    for statement in DDL:
-        conn.execute(statement)
+    """Create the tables on first use. Under the ledger lock (held to the end of the caller's
+    transaction): two first runs racing on ``create table if not exists`` would otherwise
+    collide in PostgreSQL's catalog."""
+    with conn.advisory_lock(LOCK_KEY):
+        conn.ensure_schema()
+        for statement in DDL:
+            conn.execute(statement)
 
 
 def _scope(
