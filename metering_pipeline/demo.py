@@ -230,7 +230,7 @@ def dagster_instance(settings: Settings) -> tuple[dg.DagsterInstance, Path]:
 
 def run_demo(*, events: int = DEMO_EVENTS, say: Callable[[str], None] = print) -> DemoResult:
     settings = load_settings()
-    _fresh_warehouse(settings)
+    _fresh_warehouse(settings, say)
     instance, dagster_home = dagster_instance(settings)
     source_url = f"duckdb:///{settings.home / 'demo_source.duckdb'}"
     began = time.perf_counter()
@@ -419,11 +419,13 @@ def _add_late_rows(source_url: str, meters: dict[str, str]) -> list[datetime]:
     return hours
 
 
-def _fresh_warehouse(settings: Settings) -> None:
-    """The demo starts from an empty warehouse: it deletes its own DuckDB file, and refuses a
-    PostgreSQL warehouse that already holds pipeline tables rather than touch them."""
+def _fresh_warehouse(settings: Settings, say) -> None:
+    """The demo starts from an empty warehouse: it replaces the embedded DuckDB file, and refuses
+    a PostgreSQL warehouse that already holds pipeline tables rather than touch them."""
     if settings.warehouse_kind == "duckdb":
         path = duckdb_path(settings.warehouse_url)
+        if path.exists():
+            say(f"Starting from an empty warehouse: replacing {path}")
         for leftover in (path, path.with_name(path.name + ".wal")):
             leftover.unlink(missing_ok=True)
         path.parent.mkdir(parents=True, exist_ok=True)
