@@ -100,8 +100,6 @@ def meter_events_delivered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     )
 
 
-defs = dg.Definitions(
-    assets=[stripe_meter_events],
-    asset_checks=[meter_events_delivered],
-    resources={"stripe": StripeResource()},
-)
+# The ``stripe`` and ``warehouse`` resources come from the stripe_catalog domain and
+# defs/resources.py: one instance per key, so the domains merge.
+defs = dg.Definitions(assets=[stripe_meter_events], asset_checks=[meter_events_delivered])
