@@ -191,7 +191,13 @@ class _Stage:
         }
 
     def materialize(self, assets, **kwargs) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(assets, instance=self.instance, resources=self.resources, **kwargs)
+        result = dg.materialize(
+            assets,
+            instance=self.instance,
+            resources=self.resources,
+            run_config=QUIET_CONSOLE,
+            **kwargs,
+        )
         self.run_ids.append(result.run_id)
         if not result.success:
             raise DemoError(
@@ -348,7 +354,7 @@ def _run(stage: _Stage, meters: dict[str, str], events: int, dagster_home: Path)
                 tuple(results.get(clocked.customer_id, ())),
             )
         )
-    _print_table(outcomes, meters, say)
+    _print_table(outcomes, meters, {price: plan for plan, price in prices.items()}, say)
     return DemoResult(
         tuple(outcomes),
         flagged,
@@ -490,10 +496,15 @@ def _reconciliation(warehouse_url: str) -> dict[str, list[ItemResult]]:
     return results
 
 
-def _print_table(outcomes: list[CustomerResult], meters: dict[str, str], say) -> None:
+def _print_table(
+    outcomes: list[CustomerResult], meters: dict[str, str], plans: dict[str, str], say
+) -> None:
     names = {event_name: meter for meter, event_name in meters.items()}
     say("")
-    say(f"   {'customer':<10}{'meter':<11}{'ours':>13}{'Stripe':>13}{'variance':>10}  invoice")
+    say(
+        f"   {'customer':<10}{'meter':<11}{'price':<18}{'ours':>13}{'Stripe':>13}{'variance':>10}"
+        "  invoice"
+    )
     for outcome in outcomes:
         first = True
         for item in outcome.items:
@@ -506,6 +517,7 @@ def _print_table(outcomes: list[CustomerResult], meters: dict[str, str], say) ->
             name = outcome.customer.name if first else ""
             say(
                 f"   {name:<10}{names.get(item.meter, item.meter):<11}"
+                f"{plans.get(item.price_id, item.price_id):<18}"
                 f"{item.ours.normalize():>13,f}{item.stripe.normalize():>13,f}"
                 f"{item.variance * 100:>9.2f}%  {invoice}"
             )
