@@ -2,7 +2,15 @@
 
 import dagster as dg
 
-from metering_pipeline.defs import extract, quality, stripe_catalog, transform
+from metering_pipeline.defs import (
+    automation,
+    extract,
+    push,
+    quality,
+    reconcile,
+    stripe_catalog,
+    transform,
+)
 from metering_pipeline.defs.resources import default_resources
 
 defs = dg.Definitions.merge(
@@ -11,4 +19,7 @@ defs = dg.Definitions.merge(
     quality.defs,
     stripe_catalog.defs,
     transform.defs,
+    push.defs,
+    reconcile.defs,
+    automation.defs,
 )
