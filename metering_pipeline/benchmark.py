@@ -118,12 +118,10 @@ def _bench(args: argparse.Namespace) -> None:
 def _pipeline(args: dict) -> None:
     """The measured part, in its own process: catalog sync, then one run over every hour."""
     import dagster as dg
-    from dagster_dbt import DbtCliResource
 
-    from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+    from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
     from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-    from metering_pipeline.defs.stripe_catalog.resources import StripeResource
-    from metering_pipeline.defs.transform.project import dbt_project
+    from metering_pipeline.defs.transform.project import dbt_resource
     from metering_pipeline.demo import HOURLY_CHAIN, QUIET_CONSOLE, hour_range_tags
     from metering_pipeline.stripe_sandbox import SandboxControl
     from metering_pipeline.warehouse import Database
@@ -131,7 +129,7 @@ def _pipeline(args: dict) -> None:
     resources = {
         "warehouse": WarehouseResource(url=args["warehouse"]),
         "source": SourceResource(url=args["source"]),
-        "dbt": DbtCliResource(project_dir=dbt_project),
+        "dbt": dbt_resource(),
         "stripe": StripeResource(api_base=args["sandbox"]),
     }
     control = SandboxControl(args["sandbox"])

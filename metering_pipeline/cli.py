@@ -19,9 +19,14 @@ def _seed(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from metering_pipeline.demo import run_demo
+    if args.sandbox_tour:
+        from metering_pipeline.sandbox_tour import run_sandbox_tour
 
-    run_demo()
+        run_sandbox_tour()
+    else:
+        from metering_pipeline.demo import run_demo
+
+        run_demo(events=args.events)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run the whole product once, on the embedded default")
+    demo.add_argument(
+        "--sandbox-tour", action="store_true", help="the Stripe sandbox alone, step by step"
+    )
+    demo.add_argument("--events", type=int, default=200_000, help="seeded usage events")
     demo.set_defaults(handler=_demo)
 
     sandbox = commands.add_parser("sandbox", help="serve the Stripe-compatible sandbox")

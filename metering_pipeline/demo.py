@@ -7,13 +7,12 @@ graduated and volume tiers, one plan change mid-period. Seeded usage with the ho
 through the real Dagster assets (extract, validate, dbt, push, reconciliation) into a persistent
 Dagster instance, so every run can be opened afterwards in ``dagster dev``.
 
-    metering demo                               # the product
-    python -m metering_pipeline.demo --sandbox-tour   # the sandbox alone, step by step
+    metering demo                  # the product
+    metering demo --sandbox-tour   # the Stripe sandbox alone, step by step
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import time
@@ -25,7 +24,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from metering_pipeline.billing.periods import period_start
 from metering_pipeline.defs.extract.assets import raw_usage_events
@@ -38,11 +36,10 @@ from metering_pipeline.defs.quality.checks import (
     partition_level_quality,
 )
 from metering_pipeline.defs.reconcile.assets import billing_period_reconciliation
-from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.defs.transform.assets import usage_models
-from metering_pipeline.defs.transform.project import dbt_project
+from metering_pipeline.defs.transform.project import dbt_resource
 from metering_pipeline.settings import Settings, duckdb_path, load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE
 from metering_pipeline.sources.seed import seed_usage
@@ -186,7 +183,7 @@ class _Stage:
         return {
             "warehouse": WarehouseResource(url=self.settings.warehouse_url),
             "source": SourceResource(url=self.source_url),
-            "dbt": DbtCliResource(project_dir=dbt_project),
+            "dbt": dbt_resource(),
             "stripe": self.stripe,
         }
 
@@ -539,22 +536,3 @@ def _when(moment: datetime) -> str:
 
 def _money(cents: int) -> str:
     return f"${Decimal(cents) / 100:,.2f}"
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sandbox-tour", action="store_true", help="the sandbox alone, narrated step by step"
-    )
-    parser.add_argument("--events", type=int, default=DEMO_EVENTS, help="seeded usage events")
-    args = parser.parse_args(argv)
-    if args.sandbox_tour:
-        from metering_pipeline.sandbox_tour import run_sandbox_tour
-
-        run_sandbox_tour()
-    else:
-        run_demo(events=args.events)
-
-
-if __name__ == "__main__":
-    main()

@@ -96,7 +96,9 @@ def duckdb_path(url: str) -> Path:
     return Path(url.removeprefix("duckdb:///"))
 
 
-def _decimal(env: Mapping[str, str], name: str, default: str, low: Decimal | None = None) -> Decimal:
+def _decimal(
+    env: Mapping[str, str], name: str, default: str, low: Decimal | None = None
+) -> Decimal:
     raw = env.get(name, default)
     try:
         value = Decimal(raw)
@@ -112,7 +114,9 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number; e.g. {name}={default}") from None
+        raise SettingsError(
+            f"{name}={raw!r} is not a whole number; e.g. {name}={default}"
+        ) from None
     if value < low:
         raise SettingsError(f"{name}={raw!r} must be >= {low}")
     return value
@@ -153,7 +157,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     url_kind(warehouse_url, "METERING_WAREHOUSE_URL")
     url_kind(source_url, "METERING_SOURCE_URL")
 
-    source_dir = Path(env["METERING_SOURCE_DIR"]).resolve() if env.get("METERING_SOURCE_DIR") else None
+    source_dir = (
+        Path(env["METERING_SOURCE_DIR"]).resolve() if env.get("METERING_SOURCE_DIR") else None
+    )
     if source_dir is not None and not source_dir.is_dir():
         raise SettingsError(f"METERING_SOURCE_DIR={str(source_dir)!r} is not a folder")
 

@@ -10,9 +10,8 @@ import dagster as dg
 import pytest
 
 from metering_pipeline.defs.automation.late_rows import late_usage_rows
-from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.sources.extract import extract_window
 from metering_pipeline.warehouse import Database
 from metering_pipeline_tests.sandbox.support import (

@@ -21,9 +21,8 @@ from metering_pipeline.defs.partitions import billing_periods
 from metering_pipeline.defs.push.assets import stripe_meter_events
 from metering_pipeline.defs.quality.assets import validated_usage_events
 from metering_pipeline.defs.reconcile.assets import billing_period_reconciliation
-from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.defs.transform.project import dbt_project
 from metering_pipeline_tests.integration.usage_world import insert_events, run_models

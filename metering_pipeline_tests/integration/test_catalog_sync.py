@@ -10,9 +10,8 @@ from decimal import Decimal
 
 import dagster as dg
 
-from metering_pipeline.defs.resources import WarehouseResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import one_active_item_per_meter, stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.settings import SANDBOX_API_KEY
 from metering_pipeline.warehouse import Database
 from metering_pipeline_tests.integration.usage_world import insert_events, run_models

@@ -16,9 +16,8 @@ import dagster as dg
 import stripe
 
 from metering_pipeline.defs.push.assets import meter_events_delivered, stripe_meter_events
-from metering_pipeline.defs.resources import WarehouseResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.warehouse import Database
 from metering_pipeline_tests.integration.usage_world import insert_events, run_models
 from metering_pipeline_tests.sandbox.support import (

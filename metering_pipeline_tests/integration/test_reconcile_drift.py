@@ -22,9 +22,8 @@ from metering_pipeline.defs.reconcile.assets import (
     billing_period_reconciliation,
     repair,
 )
-from metering_pipeline.defs.resources import WarehouseResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.stripe_io import StripeGateway
 from metering_pipeline_tests.integration.usage_world import insert_events, query, run_models
 from metering_pipeline_tests.sandbox.support import (

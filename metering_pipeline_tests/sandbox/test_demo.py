@@ -1,12 +1,12 @@
-"""The README's demo command tells a new user the whole story and ends on the right invoice."""
+"""`metering demo --sandbox-tour` tells a new user the whole story and ends on the right invoice."""
 
 from __future__ import annotations
 
-from metering_pipeline.demo import run_demo
+from metering_pipeline.sandbox_tour import run_sandbox_tour
 
 
 def test_demo_prints_the_finalized_invoice(capsys):
-    run_demo()
+    run_sandbox_tour()
     out = capsys.readouterr().out
     # 13,000 calls: 1,000 × 1¢ + 9,000 × 0.8¢ + 3,000 × 0.5¢ = $97.00, late usage included
     assert "status: open" in out

@@ -14,9 +14,8 @@ from metering_pipeline.defs.partitions import billing_periods, hourly_partitions
 from metering_pipeline.defs.push.assets import stripe_meter_events
 from metering_pipeline.defs.quality.assets import validated_usage_events
 from metering_pipeline.defs.reconcile.assets import RECONCILIATION
-from metering_pipeline.defs.resources import WarehouseResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import CATALOG_TABLES
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
 from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.push import push_usage
 from metering_pipeline.settings import load_settings

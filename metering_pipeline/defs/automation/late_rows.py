@@ -17,8 +17,7 @@ import duckdb
 
 from metering_pipeline.defs.automation.jobs import TRIGGER_TAG, hourly_usage
 from metering_pipeline.defs.automation.schedules import hour_range_request
-from metering_pipeline.defs.resources import SourceResource, WarehouseResource
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.settings import load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE, redact
 from metering_pipeline.sources.tables import use_utc

@@ -31,7 +31,7 @@ from metering_pipeline.defs.automation.jobs import (
     stripe_catalog_sync,
 )
 from metering_pipeline.defs.partitions import billing_periods, period_key
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.resources import StripeResource
 
 SUBSCRIPTION_EVENTS = (
     "customer.subscription.created",

@@ -5,8 +5,7 @@ from datetime import UTC, timedelta
 import dagster as dg
 
 from metering_pipeline.defs.partitions import hourly_partitions
-from metering_pipeline.defs.resources import WarehouseResource
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.push import PushReport, push_usage
 from metering_pipeline.push.tables import LEDGER, ensure_push_tables
 from metering_pipeline.settings import load_settings

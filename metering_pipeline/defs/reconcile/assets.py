@@ -7,8 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from metering_pipeline.defs.partitions import billing_periods, parse_period_key
-from metering_pipeline.defs.resources import WarehouseResource
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.reconcile.period import reconcile_period, write_results
 from metering_pipeline.reconcile.repair import RepairStep, apply_repair, plan_repair
 from metering_pipeline.reconcile.variance import flagged_summary, markdown_table, totals

@@ -17,8 +17,7 @@ from metering_pipeline.catalog_sync.tables import (
 )
 from metering_pipeline.defs.partitions import billing_periods as billing_period_partitions
 from metering_pipeline.defs.partitions import period_key
-from metering_pipeline.defs.resources import WarehouseResource
-from metering_pipeline.defs.stripe_catalog.resources import StripeResource
+from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.settings import load_settings
 
 CATALOG_TABLES = (
@@ -159,5 +158,4 @@ defs = dg.Definitions(
     assets=[stripe_catalog],
     asset_checks=[one_active_item_per_meter],
     schedules=[catalog_refresh],
-    resources={"stripe": StripeResource()},
 )

@@ -11,6 +11,7 @@ from metering_pipeline.defs.partitions import hourly_partitions
 from metering_pipeline.defs.resources import WarehouseResource
 from metering_pipeline.defs.transform.project import (
     dbt_project,
+    dbt_resource,
     prepare_manifest,
     warehouse_environment,
 )
@@ -52,5 +53,5 @@ def usage_models(
 
 defs = dg.Definitions(
     assets=[usage_models],
-    resources={"dbt": DbtCliResource(project_dir=dbt_project)},
+    resources={"dbt": dbt_resource()},
 )

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from dagster_dbt import DbtCliResource, DbtProject
+from filelock import FileLock
 
 from metering_pipeline.settings import duckdb_path, url_kind
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+
+# The dbt beside this interpreter, so `.venv/bin/metering` works without `.venv/bin` on PATH.
+DBT_EXECUTABLE = (
+    str(Path(sys.executable).with_name("dbt"))
+    if Path(sys.executable).with_name("dbt").exists()
+    else (shutil.which("dbt") or "dbt")
+)
+
+
+def dbt_resource() -> DbtCliResource:
+    """The dbt CLI resource every caller uses: this project, this interpreter's dbt."""
+    return DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE)
 
 
 def dbt_env(warehouse_url: str) -> dict[str, str]:
@@ -73,9 +88,11 @@ def _manifest_is_stale() -> bool:
 
 def prepare_manifest() -> Path:
     """``dbt parse`` when the manifest is missing or older than the project; needs no network
-    and no warehouse connection."""
-    if _manifest_is_stale():
-        DbtCliResource(project_dir=dbt_project).cli(
-            ["--quiet", "parse"], target_path=Path("target")
-        ).wait()
+    and no warehouse connection. A file lock keeps processes loading the code location at the
+    same time (test workers, a webserver and a daemon) from parsing over each other."""
+    lock_path = DBT_PROJECT_DIR / "target" / ".parse.lock"
+    lock_path.parent.mkdir(exist_ok=True)
+    with FileLock(lock_path):
+        if _manifest_is_stale():
+            dbt_resource().cli(["--quiet", "parse"], target_path=Path("target")).wait()
     return dbt_project.manifest_path
