@@ -1,4 +1,4 @@
-"""The ``metering`` command: ``demo``, ``sandbox``, ``seed``."""
+"""The ``metering`` command: ``demo``, ``dev``, ``sandbox``, ``seed``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,34 @@ def _demo(args: argparse.Namespace) -> None:
         run_demo(events=args.events)
 
 
+def _dev(args: argparse.Namespace) -> None:
+    """``dagster dev`` on the local instance; without STRIPE_API_KEY, beside a sandbox."""
+    import subprocess
+    from contextlib import ExitStack
+
+    from metering_pipeline.instance import prepare_dagster_home
+    from metering_pipeline.settings import SANDBOX_DEFAULT_PORT, load_settings
+
+    settings = load_settings()
+    home = prepare_dagster_home(settings)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "metering_pipeline.definitions"]
+    with ExitStack() as stack:
+        if settings.uses_sandbox and not _listening(SANDBOX_DEFAULT_PORT):
+            from metering_pipeline.stripe_sandbox import run_sandbox
+
+            stack.enter_context(run_sandbox(port=SANDBOX_DEFAULT_PORT))
+            print(f"Stripe sandbox on http://127.0.0.1:{SANDBOX_DEFAULT_PORT} (no STRIPE_API_KEY)")
+        print(f"Dagster instance in {home}")
+        subprocess.run([*command, *args.dagster_args], check=False)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     demo.add_argument("--events", type=int, default=200_000, help="seeded usage events")
     demo.set_defaults(handler=_demo)
+
+    dev = commands.add_parser("dev", help="open the Dagster UI on the local instance")
+    dev.add_argument("dagster_args", nargs="*", help="passed on to dagster dev, e.g. -p 3001")
+    dev.set_defaults(handler=_dev)
 
     sandbox = commands.add_parser("sandbox", help="serve the Stripe-compatible sandbox")
     sandbox.add_argument("--host", default="127.0.0.1")

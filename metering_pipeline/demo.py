@@ -13,7 +13,6 @@ Dagster instance, so every run can be opened afterwards in ``dagster dev``.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from metering_pipeline.defs.resources import SourceResource, StripeResource, War
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.defs.transform.project import dbt_resource
+from metering_pipeline.instance import prepare_dagster_home
 from metering_pipeline.settings import Settings, duckdb_path, load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE
 from metering_pipeline.sources.seed import seed_usage
@@ -220,14 +220,8 @@ def hour_range_tags(first: datetime, last: datetime) -> dict[str, str]:
 
 
 def dagster_instance(settings: Settings) -> tuple[dg.DagsterInstance, Path]:
-    """The persistent instance ``dagster dev`` opens: $DAGSTER_HOME, else .metering/dagster.
-
-    A single-run backfill of a month plans ~700 partitions per asset; Dagster's own switch makes
-    that one planned event per asset instead of one per partition, which on SQLite is minutes.
-    """
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.home / "dagster").resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    """The persistent instance ``metering dev`` opens afterwards."""
+    home = prepare_dagster_home(settings)
     return dg.DagsterInstance.from_config(str(home)), home
 
 

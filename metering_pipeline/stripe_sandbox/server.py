@@ -411,13 +411,13 @@ class SandboxHandle:
 
 @contextmanager
 def run_sandbox(
-    requests_per_second: float = 25.0, finalization_grace_seconds: int = 3600
+    requests_per_second: float = 25.0, finalization_grace_seconds: int = 3600, port: int = 0
 ) -> Iterator[SandboxHandle]:
-    """A fresh sandbox on a free loopback port, served from a background thread."""
+    """A fresh sandbox on a loopback port (a free one by default), served from a thread."""
     app, sandbox = build_app(requests_per_second, finalization_grace_seconds)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
