@@ -14,7 +14,7 @@ demo: $(BIN)/metering
 	$(BIN)/metering demo
 
 test: $(BIN)/metering
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 lint: $(BIN)/metering
 	$(BIN)/ruff check .
