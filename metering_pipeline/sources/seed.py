@@ -156,7 +156,11 @@ def _rows_sql(
     days: int,
     seed: int,
 ) -> str:
-    """The regular events for the row numbers ``i`` of ``index_source``; two hashes per row."""
+    """The regular events for the row numbers ``i`` of ``index_source``; two hashes per row.
+
+    ``h2`` is re-hashed: DuckDB combines the hashes of a tuple by XOR, so ``hash(i, s, 1)`` and
+    ``hash(i, s, 2)`` differ by a constant and would tie each customer to a slice of the month.
+    """
     meter_list = "[" + ", ".join(_quote(m) for m in meters) + "]"
     decimal_meters = [m for m in meters if any(k in m for k in ("gb", "hour", "second"))]
     decimal_list = "[" + ", ".join(_quote(m) for m in decimal_meters) + "]"
@@ -185,7 +189,8 @@ def _rows_sql(
                     + to_microseconds(cast(floor({_uniform("h2", False)} * {span_us}) as bigint))
                     as occurred_at,
                 {meter_list}[1 + cast((h2 >> 56) % {len(meters)} as bigint)] as meter
-            from (select *, hash(i, {seed}, 1) as h1, hash(i, {seed}, 2) as h2 from {index_source})
+            from (select *, hash(i, {seed}, 1) as h1, hash(hash(i, {seed}, 2)) as h2
+                from {index_source})
         ) as picked
     """
 
