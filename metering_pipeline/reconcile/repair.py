@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from metering_pipeline.billing.identifiers import meter_event_identifier
 from metering_pipeline.push import PushReport, push_usage
 from metering_pipeline.push.tables import (
     LOCK_KEY,
     LedgerRow,
     ensure_push_tables,
+    entry_identifier,
     insert_pending,
     record_outcomes,
 )
@@ -125,8 +125,9 @@ def _adoption_row(
         return None
     sequence = max((row.sequence for row in rows), default=0) + 1
     return LedgerRow(
-        identifier=meter_event_identifier(
-            f"{item.subscription_item_id}/{item.price_id}",
+        identifier=entry_identifier(
+            item.subscription_item_id,
+            item.price_id,
             item.stripe_customer_id,
             item.meter,
             item.period[0],
