@@ -8,9 +8,11 @@ psycopg here (outside quoted text), so ``?`` and ``%`` inside string literals ar
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -23,11 +25,42 @@ PIPELINE_SCHEMA = "metering"
 MODELS_SCHEMA = "analytics"
 
 
+DUCKDB_LOCK_WAIT_SECONDS = 120.0
+
+
+def _open_duckdb(path: Path, wait_seconds: float = DUCKDB_LOCK_WAIT_SECONDS) -> Any:
+    """Open a DuckDB file, waiting while another process holds it.
+
+    A DuckDB file has one writer process at a time; a sensor tick or a second run may hold it
+    for a moment, so wait with backoff instead of failing the run, and say who holds it if the
+    wait runs out.
+    """
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.05
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() >= deadline:
+                raise WarehouseBusyError(
+                    f"The DuckDB file {path} is held by another process ({error}). DuckDB "
+                    "allows one writer at a time: wait for the other run, or use PostgreSQL "
+                    "(METERING_WAREHOUSE_URL) for concurrent runs."
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+class WarehouseBusyError(RuntimeError):
+    """The DuckDB warehouse stayed locked by another process for longer than we wait."""
+
+
 @dataclass(frozen=True)
 class Database:
     """A DuckDB file or a PostgreSQL database, addressed by URL."""
 
     url: str
+    lock_wait_seconds: float = DUCKDB_LOCK_WAIT_SECONDS
 
     @property
     def kind(self) -> str:
@@ -43,7 +76,7 @@ class Database:
         if self.kind == "duckdb":
             path = duckdb_path(self.url)
             path.parent.mkdir(parents=True, exist_ok=True)
-            raw = duckdb.connect(str(path))
+            raw = _open_duckdb(path, self.lock_wait_seconds)
             try:
                 raw.execute("begin")
                 yield Connection(raw, "duckdb")

@@ -9,11 +9,10 @@ stays cheap on a large source, and the run keys make a re-detected hour launch n
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-import duckdb
 
 from metering_pipeline.defs.automation.jobs import TRIGGER_TAG, hourly_usage
 from metering_pipeline.defs.automation.schedules import hour_range_request
@@ -21,12 +20,14 @@ from metering_pipeline.defs.resources import SourceResource, StripeResource, War
 from metering_pipeline.settings import load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE, redact
 from metering_pipeline.sources.tables import use_utc
-from metering_pipeline.warehouse import Connection, Database
+from metering_pipeline.warehouse import Connection, Database, WarehouseBusyError
 
 _HOUR = timedelta(hours=1)
 # Rows whose hour was being extracted while the previous tick read the source are looked at
 # again; the run keys keep the second sighting from launching a second run.
 OVERLAP = timedelta(hours=1)
+# A sensor tick must stay short: a DuckDB file held by a run is simply looked at next tick.
+SENSOR_LOCK_WAIT_SECONDS = 5.0
 PERIOD_STATE_TAG = "metering/period_state"
 
 
@@ -225,11 +226,15 @@ def late_usage_rows(
     cursor = datetime.fromisoformat(context.cursor) if context.cursor else None
     since = cursor - OVERLAP if cursor else None
     try:
-        late, latest, periods = find_late_hours(source.database, warehouse.database, since)
+        late, latest, periods = find_late_hours(
+            replace(source.database, lock_wait_seconds=SENSOR_LOCK_WAIT_SECONDS),
+            replace(warehouse.database, lock_wait_seconds=SENSOR_LOCK_WAIT_SECONDS),
+            since,
+        )
     except SourceUnsuitable as problem:
         return dg.SkipReason(str(problem))
-    except duckdb.IOException as error:
-        return dg.SkipReason(f"a DuckDB file is held by a run ({error}); looking again next tick")
+    except WarehouseBusyError as error:
+        return dg.SkipReason(f"{error} Looking again next tick.")
     new_cursor = max(filter(None, [cursor, latest]), default=None)
     cursor_text = new_cursor.isoformat() if new_cursor else None
     if not late:
