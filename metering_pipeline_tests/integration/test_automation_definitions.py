@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from metering_pipeline.defs import automation
 from metering_pipeline.defs.automation.jobs import WAREHOUSE_TAG
@@ -15,7 +14,7 @@ from metering_pipeline.defs.reconcile.assets import billing_period_reconciliatio
 from metering_pipeline.defs.resources import StripeResource, default_resources
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.transform.assets import usage_models
-from metering_pipeline.defs.transform.project import dbt_project
+from metering_pipeline.defs.transform.project import dbt_resource
 
 HOURLY = ["raw_usage_events", "validated_usage_events", "stg_usage_events",
           "int_usage_attributed", "fct_usage_hourly", "fct_usage_by_period",
@@ -31,7 +30,7 @@ def repository() -> dg.RepositoryDefinition:
         resources={
             **default_resources(),
             "stripe": StripeResource(),
-            "dbt": DbtCliResource(project_dir=dbt_project),
+            "dbt": dbt_resource(),
         },
     )  # fmt: skip
     return dg.Definitions.merge(assets, automation.defs).get_repository_def()

@@ -8,7 +8,6 @@ import json
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from metering_pipeline.defs.automation.jobs import (
     customer_final_push,
@@ -24,7 +23,7 @@ from metering_pipeline.defs.reconcile.assets import billing_period_reconciliatio
 from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.transform.assets import usage_models
-from metering_pipeline.defs.transform.project import dbt_project
+from metering_pipeline.defs.transform.project import dbt_resource
 from metering_pipeline_tests.integration.usage_world import insert_events, run_models
 from metering_pipeline_tests.sandbox.support import (
     advance,
@@ -86,7 +85,7 @@ def test_plan_change_and_invoice_become_sync_push_and_reconciliation(
         "stripe": StripeResource(api_base=stripe_sandbox.url),
         "warehouse": WarehouseResource(url=duckdb_url),
         "source": SourceResource(url=duckdb_url),
-        "dbt": DbtCliResource(project_dir=dbt_project),
+        "dbt": dbt_resource(),
     }
 
     # 1. First tick: the subscription's creation asks for a catalog sync, no push.
@@ -172,7 +171,7 @@ def test_invoice_and_plan_change_in_one_tick_wait_for_the_one_push_requested(
         "stripe": StripeResource(api_base=stripe_sandbox.url),
         "warehouse": WarehouseResource(url=duckdb_url),
         "source": SourceResource(url=duckdb_url),
-        "dbt": DbtCliResource(project_dir=dbt_project),
+        "dbt": dbt_resource(),
     }
     instance = dg.DagsterInstance.ephemeral()
     start = tick(instance, resources)

@@ -8,14 +8,13 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from metering_pipeline.billing.catalog import Catalog, Meter
 from metering_pipeline.catalog_sync.intervals import ItemInterval, billing_periods
 from metering_pipeline.catalog_sync.tables import ensure_catalog_tables, write_catalog
 from metering_pipeline.defs.resources import WarehouseResource
 from metering_pipeline.defs.transform.assets import usage_models
-from metering_pipeline.defs.transform.project import dbt_project
+from metering_pipeline.defs.transform.project import dbt_resource
 from metering_pipeline.quality.tables import ensure_quality_tables
 from metering_pipeline.warehouse import Database
 
@@ -119,7 +118,7 @@ def run_models(
         [usage_models],
         instance=instance,
         resources={
-            "dbt": DbtCliResource(project_dir=dbt_project),
+            "dbt": dbt_resource(),
             "warehouse": WarehouseResource(url=url),
         },
         tags={
