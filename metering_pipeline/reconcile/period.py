@@ -1,8 +1,9 @@
 """Reading one billing period three ways (marts, ledger, Stripe) and keeping the comparison.
 
-The items come from the catalog (every metered item interval active in the period), not only
-from the marts: an item we measured nothing for can still carry usage at Stripe, and that is
-exactly the drift reconciliation exists to catch.
+The items come from the catalog (every metered item interval active in the period, through the
+dbt view ``int_item_period_windows`` that also feeds the marts), not only from the marts' rows:
+an item we measured nothing for can still carry usage at Stripe, and that is exactly the drift
+reconciliation exists to catch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from metering_pipeline.warehouse import Connection, Database
 
 RESULTS_TABLE = "metering.reconciliation_results"
 MARTS_TABLE = "analytics.fct_usage_by_period"
+# The item windows, defined once in dbt; a view, so they follow the catalog as synced now.
+WINDOWS_TABLE = "analytics.int_item_period_windows"
 
 RESULTS_DDL = f"""
 create table if not exists {RESULTS_TABLE} (
@@ -72,27 +75,9 @@ RESULT_COLUMNS = (
 ITEMS_SQL = f"""
 with
 
-subscription_items as (
+item_windows as (
 
-    select * from metering.stripe_subscription_items
-
-),
-
-billing_periods as (
-
-    select * from metering.billing_periods
-
-),
-
-meters as (
-
-    select * from metering.stripe_meters
-
-),
-
-customers as (
-
-    select * from metering.stripe_customers
+    select * from {WINDOWS_TABLE}
 
 ),
 
@@ -102,31 +87,9 @@ usage as (
 
 ),
 
-item_windows as (
+customers as (
 
-    select
-        subscription_items.subscription_item_id,
-        subscription_items.price_id,
-        subscription_items.subscription_id,
-        subscription_items.stripe_customer_id,
-        subscription_items.meter_event_name as meter,
-        meters.meter_id,
-        coalesce(meters.aggregation_mode, 'sum') as aggregation_mode,
-        billing_periods.period_start,
-        billing_periods.period_end,
-        greatest(billing_periods.period_start, subscription_items.valid_from) as window_start,
-        least(
-            billing_periods.period_end,
-            coalesce(subscription_items.valid_to, billing_periods.period_end)
-        ) as window_end
-
-    from subscription_items
-    inner join billing_periods
-        on billing_periods.subscription_item_id = subscription_items.subscription_item_id
-    inner join meters
-        on meters.event_name = subscription_items.meter_event_name
-    where billing_periods.period_start = ?
-        and billing_periods.period_end = ?
+    select * from metering.stripe_customers
 
 )
 
@@ -137,7 +100,7 @@ select
     item_windows.stripe_customer_id,
     item_windows.meter,
     item_windows.meter_id,
-    item_windows.aggregation_mode,
+    coalesce(item_windows.aggregation_mode, 'sum') as aggregation_mode,
     item_windows.window_start,
     item_windows.window_end,
     coalesce(usage.quantity, 0) as quantity,
@@ -150,7 +113,10 @@ left join usage
     and usage.period_start = item_windows.period_start
 left join customers
     on customers.stripe_customer_id = item_windows.stripe_customer_id
-where item_windows.window_start < item_windows.window_end
+where item_windows.period_start = ?
+    and item_windows.period_end = ?
+    -- metered items only: an item whose meter is not in stripe_meters has nothing to compare
+    and item_windows.meter_id is not null
 order by
     item_windows.stripe_customer_id,
     item_windows.subscription_item_id,
@@ -199,6 +165,7 @@ def read_period_items(conn: Connection, period: tuple[datetime, datetime]) -> li
     for table, maker in (
         ("metering.stripe_subscription_items", "the Stripe catalog sync (stripe_catalog)"),
         ("metering.billing_periods", "the Stripe catalog sync (stripe_catalog)"),
+        (WINDOWS_TABLE, "the dbt models (usage_models)"),
         (MARTS_TABLE, "the dbt models (usage_models) for the period's hours"),
     ):
         if not conn.table_exists(table):

@@ -17,8 +17,8 @@ from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.defs.transform.project import dbt_resource
 
 HOURLY = ["raw_usage_events", "validated_usage_events", "stg_usage_events",
-          "int_usage_attributed", "fct_usage_hourly", "fct_usage_by_period",
-          "stripe_meter_events"]  # fmt: skip
+          "int_usage_attributed", "int_item_period_windows", "fct_usage_hourly",
+          "fct_usage_by_period", "stripe_meter_events"]  # fmt: skip
 
 
 def repository() -> dg.RepositoryDefinition:

@@ -213,6 +213,23 @@ def test_unattributed_usage_stays_visible_and_unbilled(world):
     assert check.severity == dg.AssetCheckSeverity.WARN
 
 
+def test_every_item_window_of_the_run_has_a_mart_row_used_or_not(world):
+    """int_item_period_windows is the one definition of item windows: the mart has exactly its
+    windows for the periods the run touched, and reconciliation reads the same view."""
+    url, _ = world
+    columns = "subscription_item_id, price_id, period_start, window_start, window_end"
+    windows = query(
+        url,
+        f"select {columns} from analytics.int_item_period_windows "
+        "where period_end > ? and period_start < ?",
+        (at("2026-11-04 23:00:00"), at("2026-11-10 13:00:00")),
+    )
+    assert sorted(windows) == sorted(
+        query(url, f"select {columns} from analytics.fct_usage_by_period")
+    )
+    assert ("si_b_old", "price_si_b_old", NOV[0], NOV[0], PLAN_CHANGE) in windows
+
+
 def test_other_dbt_tests_pass_as_asset_checks(world):
     _, result = world
     failed = [

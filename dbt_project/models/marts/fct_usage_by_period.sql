@@ -10,21 +10,11 @@
 
 with
 
-subscription_items as (
+-- Every active item window (used or not) of the periods that overlap the run's window.
+active_windows as (
 
-    select * from {{ source('metering', 'stripe_subscription_items') }}
-
-),
-
-billing_periods as (
-
-    select * from {{ source('metering', 'billing_periods') }}
-
-),
-
-meters as (
-
-    select * from {{ source('metering', 'stripe_meters') }}
+    select * from {{ ref('int_item_period_windows') }}
+    where {{ in_window('period_start', 'period_end') }}
 
 ),
 
@@ -37,39 +27,6 @@ hourly as (
 attributed as (
 
     select * from {{ ref('int_usage_attributed') }}
-
-),
-
--- The part of each period in which the item was active at this price.
-item_windows as (
-
-    select
-        subscription_items.subscription_item_id,
-        subscription_items.price_id,
-        subscription_items.stripe_customer_id,
-        subscription_items.meter_event_name as meter,
-        meters.aggregation_mode,
-        billing_periods.period_start,
-        billing_periods.period_end,
-        greatest(billing_periods.period_start, subscription_items.valid_from) as window_start,
-        least(
-            billing_periods.period_end,
-            coalesce(subscription_items.valid_to, billing_periods.period_end)
-        ) as window_end
-
-    from subscription_items
-    inner join billing_periods
-        on billing_periods.subscription_item_id = subscription_items.subscription_item_id
-    left join meters
-        on meters.event_name = subscription_items.meter_event_name
-    where {{ in_window('billing_periods.period_start', 'billing_periods.period_end') }}
-
-),
-
-active_windows as (
-
-    select * from item_windows
-    where window_start < window_end
 
 ),
 
