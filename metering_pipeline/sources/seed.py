@@ -175,7 +175,7 @@ def _rows_sql(
                 as varchar), {_width(customers)}, '0') as customer_id,
             meter,
             case when list_contains({decimal_list}, meter)
-                then cast(round({_uniform("h1", True)} * 50, 3) as decimal(38, 12))
+                then cast(round(0.001 + {_uniform("h1", True)} * 50, 3) as decimal(38, 12))
                 else cast(1 + floor({_uniform("h1", True)} * 100) as decimal(38, 12))
             end as quantity,
             occurred_at,
