@@ -5,7 +5,7 @@ A billing period is staged on Stripe test clocks (the in-process sandbox without
 ``STRIPE_API_KEY``; a test-mode account with one): four customers with different anchors,
 graduated and volume tiers, one plan change mid-period. Seeded usage with the hostile cases runs
 through the real Dagster assets (extract, validate, dbt, push, reconciliation) into a persistent
-Dagster instance, so every run can be opened afterwards in ``dagster dev``.
+Dagster instance, so every run can be opened afterwards with ``metering dev``.
 
     metering demo                  # the product
     metering demo --sandbox-tour   # the Stripe sandbox alone, step by step
@@ -198,7 +198,7 @@ class _Stage:
         self.run_ids.append(result.run_id)
         if not result.success:
             raise DemoError(
-                f"Dagster run {result.run_id} failed; open it in `dagster dev` (see the end of "
+                f"Dagster run {result.run_id} failed; open it with `metering dev` (see the end of "
                 "this output) to read which step and why"
             )
         return result
@@ -517,7 +517,7 @@ def _print_table(
 
 def _print_how_to_open(dagster_home: Path, say) -> None:
     say("\nEvery step above was a real Dagster run. Open them, with their metadata and checks:")
-    say(f"   DAGSTER_HOME={dagster_home} .venv/bin/dagster dev   # then http://127.0.0.1:3000/runs")
+    say(f"   DAGSTER_HOME={dagster_home} .venv/bin/metering dev   # then http://127.0.0.1:3000/runs")
 
 
 def _step(say, number: int, text: str) -> None:
