@@ -517,7 +517,9 @@ def _print_table(
 
 def _print_how_to_open(dagster_home: Path, say) -> None:
     say("\nEvery step above was a real Dagster run. Open them, with their metadata and checks:")
-    say(f"   DAGSTER_HOME={dagster_home} .venv/bin/metering dev   # then http://127.0.0.1:3000/runs")
+    say(
+        f"   DAGSTER_HOME={dagster_home} .venv/bin/metering dev   # then http://127.0.0.1:3000/runs"
+    )
 
 
 def _step(say, number: int, text: str) -> None:
