@@ -420,13 +420,18 @@ def _deliver(
     _record(database, outcomes)
 
 
-def _send(gateway: StripeGateway, row: LedgerRow) -> tuple[str, str | None]:
-    context = CallContext(
+def _call_context(row: LedgerRow | LateRow) -> CallContext:
+    """What a Stripe error about this row should name: customer, meter, period, item."""
+    return CallContext(
         customer=row.stripe_customer_id,
         meter=row.meter,
         period=(row.period_start, row.period_end),
         subscription_item=row.subscription_item_id,
     )
+
+
+def _send(gateway: StripeGateway, row: LedgerRow) -> tuple[str, str | None]:
+    context = _call_context(row)
     try:
         delivery = gateway.send_meter_event(
             row.meter,
@@ -455,12 +460,7 @@ def _create_invoice_items(
     """The ``invoice_item`` policy: the late amount on the customer's next invoice, once."""
     outcomes = []
     for row in rows:
-        context = CallContext(
-            customer=row.stripe_customer_id,
-            meter=row.meter,
-            period=(row.period_start, row.period_end),
-            subscription_item=row.subscription_item_id,
-        )
+        context = _call_context(row)
         try:
             item = gateway.create_invoice_item(
                 customer=row.stripe_customer_id,
