@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from metering_pipeline.settings import SettingsError
+
 
 def _sandbox(args: argparse.Namespace) -> None:
     from metering_pipeline.stripe_sandbox.server import serve
@@ -40,6 +42,7 @@ def _dev(args: argparse.Namespace) -> None:
     settings = load_settings()
     home = prepare_dagster_home(settings)
     command = [sys.executable, "-m", "dagster", "dev", "-m", "metering_pipeline.definitions"]
+    command += ["--port", str(args.port)]
     with ExitStack() as stack:
         if settings.uses_sandbox and not _listening(SANDBOX_DEFAULT_PORT):
             from metering_pipeline.stripe_sandbox import run_sandbox
@@ -57,7 +60,8 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as the handlers see it; ``dev`` passes unknown options to dagster dev."""
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -68,9 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--events", type=int, default=200_000, help="seeded usage events")
     demo.set_defaults(handler=_demo)
 
-    dev = commands.add_parser("dev", help="open the Dagster UI on the local instance")
-    dev.add_argument("dagster_args", nargs="*", help="passed on to dagster dev, e.g. -p 3001")
-    dev.set_defaults(handler=_dev)
+    dev = commands.add_parser(
+        "dev",
+        help="open the Dagster UI on the local instance",
+        epilog="Other options are passed on to dagster dev, e.g. --host 0.0.0.0.",
+    )
+    dev.add_argument("-p", "--port", type=int, default=3000, help="the UI's port (default 3000)")
+    dev.set_defaults(handler=_dev, dagster_args=[])
 
     sandbox = commands.add_parser("sandbox", help="serve the Stripe-compatible sandbox")
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -86,8 +94,29 @@ def main(argv: list[str] | None = None) -> None:
     add_seed_arguments(seed)
     seed.set_defaults(handler=_seed)
 
-    args = parser.parse_args(argv)
-    args.handler(args)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of a configuration error"
+    )
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "dev":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.dagster_args = unknown
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.command != "sandbox":
+            from metering_pipeline.settings import load_settings
+
+            load_settings()  # every variable checked before any work starts
+        args.handler(args)
+    except SettingsError as error:
+        if args.debug:
+            raise
+        print(f"metering: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
