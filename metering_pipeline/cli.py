@@ -60,6 +60,17 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _needs(args: argparse.Namespace) -> dict[str, bool] | None:
+    """Which configured databases a command uses, so they are tried before it starts."""
+    if args.command == "dev":
+        return {"warehouse": True, "source": True}
+    if args.command == "demo":
+        return {"warehouse": True, "source": False}  # the demo seeds a source of its own
+    if args.command == "seed":
+        return {"warehouse": False, "source": args.url is None}
+    return None  # the sandbox needs no database
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line as the handlers see it; ``dev`` passes unknown options to dagster dev."""
     parser = argparse.ArgumentParser(prog="metering", description=__doc__)
@@ -107,10 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        if args.command != "sandbox":
+        needs = _needs(args)
+        if needs is not None:
+            from metering_pipeline.preflight import check_reachable
             from metering_pipeline.settings import load_settings
 
-            load_settings()  # every variable checked before any work starts
+            # every variable checked, and the databases tried, before any work starts
+            check_reachable(load_settings(), **needs)
         args.handler(args)
     except SettingsError as error:
         if args.debug:

@@ -62,3 +62,13 @@ def test_other_commands_refuse_unknown_options():
     with pytest.raises(SystemExit) as exit_info:
         parse_args(["seed", "--bogus"])
     assert exit_info.value.code == 2
+
+
+def test_an_unreachable_warehouse_is_named_before_anything_runs(tmp_path):
+    url = "postgresql://metering:s3cret-pw@127.0.0.1:1/warehouse"
+    result = _run(tmp_path, ["dev"], METERING_WAREHOUSE_URL=url)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "METERING_WAREHOUSE_URL: cannot connect to" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) <= 2
