@@ -39,7 +39,7 @@ def _check(variable: str, url: str) -> None:
         ):
             pass
     except psycopg.OperationalError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "no answer"
+        reason = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "no answer"
         raise SettingsError(
             f"{variable}: cannot connect to {redact(url)} ({reason}); check host, port, "
             "user, password and that the database exists"
