@@ -1,4 +1,4 @@
-"""The ``metering`` command: ``demo``, ``dev``, ``sandbox``, ``seed``."""
+"""The ``metering`` command: ``demo``, ``dev``, ``sandbox``, ``seed``, ``stripe``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,36 @@ def _dev(args: argparse.Namespace) -> None:
         subprocess.run([*command, *args.dagster_args], check=False)
 
 
+def _stripe(args: argparse.Namespace) -> None:
+    """``metering stripe apply FILE`` / ``metering stripe clocks --advance-to T``."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from metering_pipeline.settings import load_settings
+    from metering_pipeline.stripe_io.catalog_file import CatalogApplyError
+    from metering_pipeline.stripe_setup.spec import CatalogFileError
+    from metering_pipeline.tools.stripe_catalog import advance_clocks, apply_catalog
+
+    settings = load_settings()
+    try:
+        if args.stripe_command == "apply":
+            if not apply_catalog(settings, Path(args.file), dry_run=args.dry_run):
+                _fail("the file conflicts with what Stripe holds (lines marked !); nothing applied")
+        else:
+            try:
+                moment = datetime.fromisoformat(args.advance_to)
+            except ValueError:
+                _fail(f"--advance-to {args.advance_to!r} is not an ISO 8601 instant")
+            advance_clocks(settings, moment)
+    except (CatalogFileError, CatalogApplyError) as error:
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    print(f"metering: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _listening(port: int) -> bool:
     import socket
 
@@ -68,7 +98,7 @@ def _needs(args: argparse.Namespace) -> dict[str, bool] | None:
         return {"warehouse": True, "source": False}  # the demo seeds a source of its own
     if args.command == "seed":
         return {"warehouse": False, "source": args.url is None}
-    return None  # the sandbox needs no database
+    return None  # the sandbox and Stripe commands need no database
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -98,6 +128,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rate-limit", type=float, default=25.0, help="requests per second before 429"
     )
     sandbox.set_defaults(handler=_sandbox)
+
+    stripe = commands.add_parser("stripe", help="the Stripe catalog file, and test clocks")
+    stripe_commands = stripe.add_subparsers(dest="stripe_command", required=True)
+    apply = stripe_commands.add_parser(
+        "apply",
+        help="create or update the file's meters, prices, customers and subscriptions",
+        description="Prints the changes, then makes them; a second apply changes nothing.",
+    )
+    apply.add_argument("file", help="catalog file, e.g. examples/stripe_catalog.yaml")
+    apply.add_argument("--dry-run", action="store_true", help="print the changes only")
+    clocks = stripe_commands.add_parser("clocks", help="move the catalog file's test clocks")
+    clocks.add_argument(
+        "--advance-to", required=True, help="ISO 8601 instant, e.g. 2026-12-01T00:30:00Z"
+    )
+    stripe.set_defaults(handler=_stripe)
 
     seed = commands.add_parser("seed", help="write synthetic usage into the source")
     from metering_pipeline.sources.seed_args import add_seed_arguments
