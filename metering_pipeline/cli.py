@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
+from typing import NoReturn
 
 from metering_pipeline.settings import SettingsError
 
@@ -55,7 +57,6 @@ def _dev(args: argparse.Namespace) -> None:
 
 def _stripe(args: argparse.Namespace) -> None:
     """``metering stripe apply FILE`` / ``metering stripe clocks --advance-to T``."""
-    from datetime import datetime
     from pathlib import Path
 
     from metering_pipeline.settings import load_settings
@@ -78,7 +79,48 @@ def _stripe(args: argparse.Namespace) -> None:
         _fail(str(error))
 
 
-def _fail(message: str) -> None:
+def _backfill(args: argparse.Namespace) -> None:
+    from metering_pipeline.settings import load_settings
+    from metering_pipeline.tools.runs import RunFailedError, backfill
+
+    try:
+        backfill(load_settings(), _instant(args.start, "--from"), _instant(args.end, "--to"))
+    except (RunFailedError, ValueError) as error:
+        _fail(str(error))
+
+
+def _reconcile(args: argparse.Namespace) -> None:
+    from metering_pipeline.settings import load_settings
+    from metering_pipeline.tools.runs import RunFailedError, billing_period_keys, reconcile
+
+    settings = load_settings()
+    if args.period is None:
+        keys = billing_period_keys(settings)
+        print("\n".join(keys) if keys else "no billing periods yet: run `metering backfill`")
+        return
+    try:
+        finished = reconcile(settings, args.period)
+    except (RunFailedError, ValueError) as error:
+        _fail(str(error))
+    print(finished.metadata["billing_period_reconciliation"]["reconciliation"])
+    if not all(finished.checks.values()):
+        _fail(
+            str(
+                finished.metadata.get("stripe_agrees_with_usage", {}).get("description", "")
+                or "reconciliation flagged items: see the table above"
+            )
+        )
+
+
+def _instant(text: str, option: str) -> datetime:
+
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        _fail(f"{option} {text!r} is not an ISO 8601 instant, e.g. 2026-11-01T00:00Z")
+
+
+def _fail(message: str) -> NoReturn:
     print(f"metering: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -92,8 +134,10 @@ def _listening(port: int) -> bool:
 
 def _needs(args: argparse.Namespace) -> dict[str, bool] | None:
     """Which configured databases a command uses, so they are tried before it starts."""
-    if args.command == "dev":
+    if args.command in ("dev", "backfill"):
         return {"warehouse": True, "source": True}
+    if args.command == "reconcile":
+        return {"warehouse": True, "source": False}
     if args.command == "demo":
         return {"warehouse": True, "source": False}  # the demo seeds a source of its own
     if args.command == "seed":
@@ -143,6 +187,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--advance-to", required=True, help="ISO 8601 instant, e.g. 2026-12-01T00:30:00Z"
     )
     stripe.set_defaults(handler=_stripe)
+
+    backfill = commands.add_parser(
+        "backfill",
+        help="run the hourly_usage job over a range of hours (one run), after a catalog sync",
+        description="Hours in [--from, --to), UTC; the runs land in the local Dagster instance.",
+    )
+    backfill.add_argument("--from", dest="start", required=True, help="e.g. 2026-11-01T00:00Z")
+    backfill.add_argument(
+        "--to", dest="end", required=True, help="exclusive, e.g. 2026-11-02T00:00Z"
+    )
+    backfill.set_defaults(handler=_backfill)
+
+    reconcile = commands.add_parser(
+        "reconcile", help="reconcile one billing period (without PERIOD: list the periods)"
+    )
+    reconcile.add_argument(
+        "period", nargs="?", help="e.g. 2026-11-01T00:00:00Z/2026-12-01T00:00:00Z"
+    )
+    reconcile.set_defaults(handler=_reconcile)
 
     seed = commands.add_parser("seed", help="write synthetic usage into the source")
     from metering_pipeline.sources.seed_args import add_seed_arguments
