@@ -122,7 +122,7 @@ def test_what_stripe_cannot_change_is_a_conflict_with_the_way_out(edit, says):
 def test_a_bad_file_names_the_entry_and_the_field(edit, says):
     broken = document()
     edit(broken)
-    with pytest.raises(CatalogFileError, match=None) as error:
+    with pytest.raises(CatalogFileError) as error:
         parse_catalog(broken, "catalog.yaml")
     assert says in str(error.value)
 
