@@ -24,9 +24,13 @@ def _seed(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     if args.sandbox_tour:
-        from metering_pipeline.sandbox_tour import run_sandbox_tour
+        from metering_pipeline.stripe_io.sandbox_tour import run_sandbox_tour
+        from metering_pipeline.stripe_sandbox import run_sandbox
 
-        run_sandbox_tour()
+        # Live mode's budget (100 requests/s): in-process calls take microseconds, not the
+        # ~100 ms of a real round trip, so test mode's 25/s would throttle the tour's bursts.
+        with run_sandbox(requests_per_second=100) as sandbox:
+            run_sandbox_tour(sandbox.url)
     else:
         from metering_pipeline.demo import run_demo
 
