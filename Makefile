@@ -19,3 +19,4 @@ test: $(BIN)/metering
 lint: $(BIN)/metering
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports

@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def _decimal(
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, low: int = 0, high: int | None = None
+) -> int:
     raw = env.get(name, str(default))
     try:
         value = int(raw)
@@ -117,9 +120,31 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
         raise SettingsError(
             f"{name}={raw!r} is not a whole number; e.g. {name}={default}"
         ) from None
-    if value < low:
-        raise SettingsError(f"{name}={raw!r} must be >= {low}")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise SettingsError(f"{name}={raw!r} must be {bounds}")
     return value
+
+
+PARTITIONS_START_FORMAT = "%Y-%m-%d-%H:%M"
+
+
+def _partitions_start(env: Mapping[str, str]) -> str:
+    """The first hourly partition, in the format Dagster's hourly partitions use."""
+    raw = env.get("METERING_PARTITIONS_START", "2026-01-01-00:00")
+    try:
+        start = datetime.strptime(raw, PARTITIONS_START_FORMAT)
+    except ValueError:
+        raise SettingsError(
+            f"METERING_PARTITIONS_START={raw!r} is not a UTC hour like 2026-01-01-00:00 "
+            "(year-month-day-hour:minute, minute 00)"
+        ) from None
+    if start.minute != 0:
+        raise SettingsError(
+            f"METERING_PARTITIONS_START={raw!r} must start on the hour (minute 00): "
+            "partitions are whole UTC hours"
+        )
+    return raw
 
 
 def _meter_modes(raw: str) -> dict[str, str]:
@@ -199,12 +224,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         uses_sandbox=uses_sandbox,
         customer_metadata_key=env.get("METERING_CUSTOMER_METADATA_KEY", "metering_customer_id"),
         meter_modes=_meter_modes(env.get("METERING_METER_MODES", "")),
-        partitions_start=env.get("METERING_PARTITIONS_START", "2026-01-01-00:00"),
+        partitions_start=_partitions_start(env),
         reconciliation_threshold=_decimal(
             env, "METERING_RECONCILIATION_THRESHOLD", "0.01", Decimal(0)
         ),
         late_usage_policy=policy,
-        schedule_lag_minutes=_int(env, "METERING_SCHEDULE_LAG_MINUTES", 15),
+        schedule_lag_minutes=_int(env, "METERING_SCHEDULE_LAG_MINUTES", 15, high=59),
         late_lookback_hours=_int(env, "METERING_LATE_LOOKBACK_HOURS", 3),
         stripe_requests_per_second=rps,
         stripe_max_retries=_int(env, "METERING_STRIPE_MAX_RETRIES", 6),

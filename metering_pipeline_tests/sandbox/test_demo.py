@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from metering_pipeline.sandbox_tour import run_sandbox_tour
+from metering_pipeline.cli import main
 
 
 def test_demo_prints_the_finalized_invoice(capsys):
-    run_sandbox_tour()
+    main(["demo", "--sandbox-tour"])
     out = capsys.readouterr().out
     # 13,000 calls: 1,000 × 1¢ + 9,000 × 0.8¢ + 3,000 × 0.5¢ = $97.00, late usage included
     assert "status: open" in out

@@ -34,7 +34,7 @@ def _floor_hour(moment: datetime) -> datetime:
 
 @dg.schedule(
     job=hourly_usage,
-    cron_schedule=f"{load_settings().schedule_lag_minutes % 60} * * * *",
+    cron_schedule=f"{load_settings().schedule_lag_minutes} * * * *",
     execution_timezone="UTC",
     description="METERING_SCHEDULE_LAG_MINUTES after each hour, runs that hour and the "
     "METERING_LATE_LOOKBACK_HOURS before it in one run, so rows that landed late are picked up.",

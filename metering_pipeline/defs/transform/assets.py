@@ -1,5 +1,7 @@
 """dbt models as hourly-partitioned Dagster assets; dbt tests as their asset checks."""
 
+import contextlib
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC
@@ -48,7 +50,27 @@ def usage_models(
     }
     with warehouse_environment(warehouse.url):
         invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
-    yield from invocation.stream()
+    with contextlib.redirect_stdout(DbtLogLines(context.log)):
+        yield from invocation.stream()
+
+
+class DbtLogLines(io.TextIOBase):
+    """dagster-dbt echoes every dbt log line to stdout; send them to the run's log instead, at
+    debug level, and dbt's closing "Done. PASS=..." line at info, so a console shows one line
+    per build and the UI still holds the whole listing."""
+
+    def __init__(self, log: dg.DagsterLogManager) -> None:
+        self._log = log
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in filter(None, (line.rstrip() for line in lines)):
+            (self._log.info if line.lstrip().startswith("Done.") else self._log.debug)(line)
+        return len(text)
 
 
 defs = dg.Definitions(

@@ -1,6 +1,7 @@
 """The sandbox tour: usage billing on the Stripe sandbox alone, from meter to finalized invoice.
 
-It runs entirely in-process with no network: it starts the sandbox, sets up a metered price with
+It runs entirely in-process with no network (the caller starts the sandbox and passes its
+address; this module only speaks the SDK): it sets up a metered price with
 graduated tiers, subscribes a customer whose time is a Stripe test clock, reports usage through
 the official stripe SDK, and moves the clock through the billing period and the invoice's
 finalization grace period, narrating what Stripe does at each step.
@@ -13,8 +14,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import stripe
-
-from metering_pipeline.stripe_sandbox import run_sandbox
 
 PERIOD_START = datetime(2026, 11, 5, tzinfo=UTC)
 TIERS = [
@@ -50,15 +49,12 @@ def _advance(client: stripe.StripeClient, clock_id: str, frozen_time: int) -> No
     print(f"   test clock is now {_when(frozen_time)}")
 
 
-def run_sandbox_tour() -> None:
-    # Live mode's budget (100 requests/s): in-process calls take microseconds, not the ~100 ms
-    # a real round trip takes, so test mode's 25/s would throttle the tour's bursts.
-    with run_sandbox(requests_per_second=100) as sandbox:
-        print(f"Stripe sandbox running at {sandbox.url} (in-process, no network).")
-        client = stripe.StripeClient(
-            "sk_test_demo", base_addresses={"api": sandbox.url, "meter_events": sandbox.url}
-        )
-        _tour(client)
+def run_sandbox_tour(sandbox_url: str) -> None:
+    print(f"Stripe sandbox running at {sandbox_url} (in-process, no network).")
+    client = stripe.StripeClient(
+        "sk_test_demo", base_addresses={"api": sandbox_url, "meter_events": sandbox_url}
+    )
+    _tour(client)
 
 
 def _tour(client: stripe.StripeClient) -> None:

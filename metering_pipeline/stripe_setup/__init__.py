@@ -1,0 +1,1 @@
+"""The Stripe catalog file (catalog as code): parsing and planning, no Stripe calls."""
