@@ -19,6 +19,10 @@ RAW_COLUMNS = (
 )
 REQUIRED_SOURCE_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at")
 OPTIONAL_SOURCE_COLUMNS = ("received_at", "reason", "properties")
+# What makes two rows that no timestamp places the same row (received_at aside: without a
+# received_at column it is the extraction time, which changes with every extract).
+HELD_ROW_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at", "reason",
+    "properties")  # fmt: skip
 
 _DDL = (
     """
@@ -32,9 +36,12 @@ _DDL = (
         reason text,
         properties text,
         partition_hour timestamptz not null,
-        extracted_at timestamptz not null
+        extracted_at timestamptz not null,
+        placed_by text
     )
     """,
+    # warehouses created before placed_by existed
+    "alter table metering.raw_usage_events add column if not exists placed_by text",
     """
     create table if not exists metering.extraction_watermarks (
         partition_hour timestamptz not null primary key,
