@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from metering_pipeline.sources.reader import (
     CLOCK_SKEW,
-    NO_FIRST_HOUR,
     PLACED_BY_FIRST_EXTRACT,
     TIMESTAMP,
     Placement,
@@ -63,7 +62,7 @@ def extract_window(
     start: datetime,
     end: datetime,
     batch_rows: int,
-    first_hour: datetime = NO_FIRST_HOUR,
+    first_hour: datetime,
 ) -> ExtractSummary:
     """Replace the rows of ``[start, end)`` with the source rows that window owns (see
     ``reader.Placement``; ``first_hour`` is the first partition's start)."""

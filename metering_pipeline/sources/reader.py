@@ -16,7 +16,7 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -41,8 +41,6 @@ PLACED_BY_FIRST_EXTRACT = "first_extract"
 # A device clock may run a little ahead of the landing system's; beyond this, occurred_at after
 # received_at is not a time we believe (the same tolerance validation gives "in the future").
 CLOCK_SKEW = timedelta(minutes=5)
-# No lower bound: for callers that extract without a partitions definition (tools, tests).
-NO_FIRST_HOUR = datetime(1, 1, 2, tzinfo=UTC)
 RAW_SCHEMA = pa.schema(
     [
         (name, TIMESTAMP if name in ("occurred_at", "received_at") else pa.string())
@@ -57,7 +55,10 @@ TEXT_COLUMNS = [name for name in RAW_COLUMNS if RAW_SCHEMA.field(name).type == p
 # row (unreadable_text), so one such row never blocks the hour.
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
-_CSV_OPTIONS = "header = true, delim = ',', quote = '\"', escape = '\"', strict_mode = true"
+_CSV_OPTIONS = (
+    "header = true, auto_detect = false, strict_mode = true, "
+    "delim = ',', quote = '\"', escape = '\"'"
+)
 
 
 class SourceSchemaError(ValueError):
@@ -84,7 +85,7 @@ class Placement:
     start: datetime
     end: datetime
     as_of: datetime
-    first_hour: datetime = NO_FIRST_HOUR
+    first_hour: datetime
 
 
 def redact(url: str) -> str:
@@ -356,9 +357,10 @@ def _file_error(where: Path, error: Exception) -> SourceFileError:
     text = str(error)
     named = re.search(r"^\s*file = (.+)$", text, re.MULTILINE)
     detail = text.split("Possible fixes:", 1)[0].split("\n\n  file =", 1)[0].strip()
-    detail = re.sub(r"\s*\n\s*", "; ", detail)
+    detail = re.sub(r"\s*\n\s*", "; ", detail).rstrip(".")
+    source = f"source file {named.group(1).strip()}" if named else f"the source files under {where}"
     return SourceFileError(
-        f"cannot read source file {named.group(1).strip() if named else where}: {detail}. The "
+        f"cannot read {source}: {detail}. The "
         "file looks truncated or malformed: re-export it, or move it out of METERING_SOURCE_DIR, "
         "then re-run the hour. Nothing of this window was extracted."
     )

@@ -40,8 +40,6 @@ _DDL = (
         placed_by text
     )
     """,
-    # warehouses created before placed_by existed
-    "alter table metering.raw_usage_events add column if not exists placed_by text",
     """
     create table if not exists metering.extraction_watermarks (
         partition_hour timestamptz not null primary key,
@@ -80,3 +78,10 @@ def ensure_extract_tables(connection: Connection) -> None:
     connection.ensure_schema()
     for statement in _DDL:
         connection.execute(statement)
+    # Warehouses created before placed_by existed. Only when missing: on PostgreSQL an ALTER
+    # waits for every reader of the table, even when the column is already there.
+    if not connection.fetchone(
+        "select count(*) from information_schema.columns where table_schema = 'metering' "
+        "and table_name = 'raw_usage_events' and column_name = 'placed_by'"
+    )[0]:
+        connection.execute("alter table metering.raw_usage_events add column placed_by text")
