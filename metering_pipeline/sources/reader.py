@@ -16,7 +16,7 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -30,7 +30,7 @@ from metering_pipeline.sources.tables import (
     sql_literal,
     use_utc,
 )
-from metering_pipeline.warehouse import Database
+from metering_pipeline.warehouse import Connection, Database
 
 SOURCE_TABLE = "usage_events"
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -41,6 +41,7 @@ PLACED_BY_FIRST_EXTRACT = "first_extract"
 # A device clock may run a little ahead of the landing system's; beyond this, occurred_at after
 # received_at is not a time we believe (the same tolerance validation gives "in the future").
 CLOCK_SKEW = timedelta(minutes=5)
+END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 RAW_SCHEMA = pa.schema(
     [
         (name, TIMESTAMP if name in ("occurred_at", "received_at") else pa.string())
@@ -132,6 +133,15 @@ def placement_sql(projected: str, placement: Placement, *, with_arrival: bool = 
             or (not occurred_ok and received_ok and received_at >= {start} and received_at < {end})
             or (not occurred_ok and not received_ok)
     """
+
+
+def placed_source_sql(
+    connection: Connection, url: str, first_hour: datetime, as_of: datetime
+) -> str:
+    """Every row of the source table with the hour it belongs to, for queries that group the
+    source by hour (the late-row sensor) the way the extract places it."""
+    every_hour = Placement(start=first_hour, end=END_OF_TIME, as_of=as_of, first_hour=first_hour)
+    return placement_sql(_table_projection(connection, url), every_hour)
 
 
 def read_usage_batches(
@@ -242,7 +252,7 @@ def _timestamp(name: str, type_name: str, dialect: str) -> str:
     return f"cast({name} as timestamptz)"
 
 
-def _table_projection(connection, url: str) -> str:
+def _table_projection(connection: Connection, url: str) -> str:
     rows = connection.fetchall(
         "select column_name, data_type from information_schema.columns "
         "where table_name = ? and table_schema = current_schema()",

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from metering_pipeline.defs.automation.late_rows import find_late_hours
 from metering_pipeline.quality.report import source_recount
 from metering_pipeline.quality.rules import ValidationRules, validate_window
 from metering_pipeline.sources.extract import extract_window
@@ -262,3 +263,20 @@ def test_a_truncated_file_fails_the_extract_naming_it_and_where(
     assert name in message and named in message, message
     assert "no column" not in message
     assert "re-export" in message
+
+
+def test_a_late_row_with_an_unbelievable_time_requests_the_hour_that_owns_it(tmp_path, duckdb_url):
+    """The late-row sensor groups the source the way the extract places it: a row stamped
+    2999 that lands after its hour was extracted asks for the hour of its received_at."""
+    source = source_with(tmp_path, HOSTILE)
+    add_catalog(duckdb_url)
+    extract_and_validate(duckdb_url, source, HOUR)
+    landed = HOUR + 50 * M
+    with Database(source).connect() as connection:
+        connection.execute(
+            "insert into usage_events values ('late_2999', 'customer_0001', 'api_calls', '1', "
+            "?, ?, null, null)",
+            (datetime(2999, 1, 1, tzinfo=UTC), landed),
+        )
+    late, _, _ = find_late_hours(Database(source), Database(duckdb_url), HOUR + 20 * M)
+    assert [(h.hour, h.rows, h.max_received_at) for h in late] == [(HOUR, 1, landed)]
