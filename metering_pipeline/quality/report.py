@@ -180,11 +180,15 @@ def source_recount(
         directory=source_dir,
         placement=Placement(start=start, end=end, as_of=extracted_at, first_hour=first_hour),
     )
-    held_elsewhere = set(
-        connection.fetchall(
-            f"select {', '.join(HELD_ROW_COLUMNS)} from metering.raw_usage_events "
-            f"where placed_by = {sql_literal(PLACED_BY_FIRST_EXTRACT)} and not ({window})"
+    held_elsewhere = (
+        set(
+            connection.fetchall(
+                f"select {', '.join(HELD_ROW_COLUMNS)} from metering.raw_usage_events "
+                f"where placed_by = {sql_literal(PLACED_BY_FIRST_EXTRACT)} and not ({window})"
+            )
         )
+        if owned.first_extract
+        else set()
     )
     mine = [arrived for row, arrived in owned.first_extract if row not in held_elsewhere]
     return SourceRecount(

@@ -172,8 +172,11 @@ def _swap(
             f"placed_by = {first} and exists (select 1 from metering.raw_usage_events as held "
             f"where held.placed_by = {first} and {same_row})"
         )
-        held = connection.fetchone(f"select count(*) from {STAGE} where {held_elsewhere}")
-        connection.execute(f"delete from {STAGE} where {held_elsewhere}")
+        unplaced = connection.fetchone(f"select count(*) from {STAGE} where placed_by = {first}")
+        held = (0,)
+        if unplaced and unplaced[0]:  # the look-up reads the whole raw table: only when needed
+            held = connection.fetchone(f"select count(*) from {STAGE} where {held_elsewhere}")
+            connection.execute(f"delete from {STAGE} where {held_elsewhere}")
         connection.execute(f"insert into metering.raw_usage_events select * from {STAGE}")
         connection.execute(f"delete from metering.extraction_watermarks where {window}")
         connection.execute(

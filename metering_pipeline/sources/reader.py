@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,8 +52,8 @@ SOURCE_SCHEMA = RAW_SCHEMA.append(pa.field("partition_hour", TIMESTAMP)).append(
     pa.field("placed_by", pa.string())
 )
 TEXT_COLUMNS = [name for name in RAW_COLUMNS if RAW_SCHEMA.field(name).type == pa.string()]
-# PostgreSQL text cannot hold NUL; the byte is shown as U+FFFD and validation quarantines the
-# row (unreadable_text), so one such row never blocks the hour.
+# PostgreSQL text cannot hold NUL; the byte is shown as U+FFFD, and validation quarantines the
+# row when it is in a billed field (unreadable_text), so one such row never blocks the hour.
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
 _CSV_OPTIONS = (
@@ -203,7 +203,9 @@ def count_owned_rows(*, url: str, directory: Path | None, placement: Placement) 
         return _owned(connection.fetchall, owned, count_sql, rows_sql)
 
 
-def _owned(fetchall, owned: str, count_sql: str, rows_sql: str) -> OwnedRows:
+def _owned(
+    fetchall: Callable[[str], list[tuple]], owned: str, count_sql: str, rows_sql: str
+) -> OwnedRows:
     arrived, total = fetchall(count_sql.format(owned=owned))[0]
     listed = tuple(
         (tuple(_readable(value) for value in row[:-1]), bool(row[-1]))
