@@ -73,8 +73,9 @@ EXPECTED = {
 }
 
 
-def source_with(tmp_path: Path, rows: list[tuple]) -> str:
-    url = f"duckdb:///{tmp_path / 'source.duckdb'}"
+def source_with(tmp_path: Path, rows: list[tuple], url: str | None = None) -> str:
+    """A ``usage_events`` table (text quantity) at ``url``, by default a DuckDB file."""
+    url = url or f"duckdb:///{tmp_path / 'source.duckdb'}"
     with Database(url).connect() as connection:
         connection.execute(SOURCE_DDL)
         connection.executemany(
@@ -110,7 +111,8 @@ def routed(warehouse_url: str) -> list[tuple]:
 
 
 def test_rows_without_a_usable_timestamp_land_in_exactly_one_hour(tmp_path, warehouse_url):
-    source = source_with(tmp_path, HOSTILE)
+    # the source shares the warehouse's engine (and PostgreSQL database): both readers placed
+    source = source_with(tmp_path, HOSTILE, None if "duckdb" in warehouse_url else warehouse_url)
     add_catalog(warehouse_url)
     extract_and_validate(warehouse_url, source, HOUR)
     extract_and_validate(warehouse_url, source, NEXT)
