@@ -334,7 +334,7 @@ def _parquet_scan(connection, path: Path) -> tuple[str, dict[str, str]]:
 
 def _csv_scan(connection, path: Path) -> tuple[str, dict[str, str]]:
     """A comma-separated file with a header: the header names the columns, all read as text."""
-    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
         header = next(csv.reader(handle), [])
     names = [name.strip() for name in header]
     if not any(names):
