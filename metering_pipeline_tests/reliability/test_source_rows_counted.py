@@ -93,7 +93,7 @@ def extract_and_validate(
         start=hour, end=hour + timedelta(hours=1), batch_rows=1000, first_hour=FIRST_HOUR,
     )  # fmt: skip
     with Database(warehouse_url).connect() as connection:
-        validate_window(connection, hour, hour + timedelta(hours=1), NEXT + 60 * M, RULES)
+        validate_window(connection, hour, hour + timedelta(hours=1), datetime.now(UTC), RULES)
 
 
 def routed(warehouse_url: str) -> list[tuple]:
@@ -282,3 +282,19 @@ def test_a_late_row_with_an_unbelievable_time_requests_the_hour_that_owns_it(tmp
         )
     late, _, _ = find_late_hours(Database(source), Database(duckdb_url), HOUR + 20 * M)
     assert [(h.hour, h.rows, h.max_received_at) for h in late] == [(HOUR, 1, landed)]
+
+
+def test_a_file_row_with_no_readable_time_is_held_by_one_hour(tmp_path, duckdb_url):
+    """Without a received_at column the extraction time stands in for it, so it cannot place a
+    row: one whose occurred_at is unreadable stays in the hour that first extracted it."""
+    folder = tmp_path / "landing"
+    folder.mkdir()
+    (folder / "export.csv").write_text(
+        "event_id,customer_id,meter,quantity,occurred_at\n"
+        "c1,customer_0001,api_calls,1,2026-10-01 10:05:00\n"
+        "c2,customer_0001,api_calls,1,yesterday\n"
+    )
+    add_catalog(duckdb_url)
+    for hour in (NEXT, HOUR, NEXT):
+        extract_and_validate(duckdb_url, "duckdb:///unused.duckdb", hour, source_dir=folder)
+    assert routed(duckdb_url) == [("c1", HOUR, "accepted"), ("c2", NEXT, "missing_timestamp")]
