@@ -71,6 +71,7 @@ class Settings:
     extract_batch_rows: int
     alert_webhook_url: str | None
     finalization_grace_hours: int = field(default=1)
+    event_id_max_length: int = field(default=255)
 
     @property
     def warehouse_kind(self) -> str:
@@ -239,4 +240,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         extract_batch_rows=_int(env, "METERING_EXTRACT_BATCH_ROWS", 250_000, low=1),
         alert_webhook_url=env.get("METERING_ALERT_WEBHOOK_URL") or None,
         finalization_grace_hours=_int(env, "METERING_FINALIZATION_GRACE_HOURS", 1, low=0),
+        # longer event ids are quarantined (event_id_too_long)
+        event_id_max_length=_int(env, "METERING_EVENT_ID_MAX_LENGTH", 255, low=1),
     )

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from metering_pipeline.sources.tables import sql_literal, use_utc
+from metering_pipeline.quality.tables import ReasonCode
+from metering_pipeline.sources.reader import PLACED_BY_FIRST_EXTRACT, Placement, count_owned_rows
+from metering_pipeline.sources.tables import HELD_ROW_COLUMNS, sql_literal, use_utc
 from metering_pipeline.warehouse import Connection
 
 RAW_TYPES = {
@@ -23,8 +26,15 @@ RAW_TYPES = {
     "properties": "text",
     "partition_hour": "timestamp",
     "extracted_at": "timestamp",
+    "placed_by": "text",
 }
-UNPARSEABLE = ("missing_field", "bad_quantity")
+# rows with nothing a bill could use: a window of only these is broken, not merely dirty
+UNPARSEABLE: tuple[ReasonCode, ...] = (
+    "missing_timestamp",
+    "missing_field",
+    "unreadable_text",
+    "bad_quantity",
+)
 
 
 @dataclass(frozen=True)
@@ -119,3 +129,71 @@ def raw_schema_problems(connection: Connection) -> list[str]:
             problems.append(f"column {name} is {found[name]}, expected timestamptz")
     problems.extend(f"unexpected column {name}" for name in found.keys() - RAW_TYPES.keys())
     return problems
+
+
+@dataclass(frozen=True)
+class SourceRecount:
+    """The window's rows in the source, recounted by their own query, against the extract.
+
+    The extract must hold every row that had landed when it began (``arrived``) and nothing
+    the source does not give to the window (``total``); rows landing during the extract may
+    or may not be in it."""
+
+    arrived: int
+    total: int
+    extracted: int
+    extracted_at: datetime | None
+
+    @property
+    def missing(self) -> int:
+        return max(self.arrived - self.extracted, 0)
+
+    @property
+    def surplus(self) -> int:
+        return max(self.extracted - self.total, 0)
+
+    @property
+    def adds_up(self) -> bool:
+        return self.extracted_at is not None and not self.missing and not self.surplus
+
+
+def source_recount(
+    connection: Connection,
+    *,
+    source_url: str,
+    source_dir: Path | None,
+    start: datetime,
+    end: datetime,
+    first_hour: datetime,
+) -> SourceRecount:
+    """Recount the source rows ``[start, end)`` owns, as of the window's last extract."""
+    use_utc(connection)
+    window = f"partition_hour >= {sql_literal(start)} and partition_hour < {sql_literal(end)}"
+    extracted_at, extracted = connection.fetchone(
+        f"select min(extracted_at), (select count(*) from metering.raw_usage_events "
+        f"where {window}) from metering.extraction_watermarks where {window}"
+    ) or (None, 0)
+    if extracted_at is None:
+        return SourceRecount(0, 0, int(extracted), None)
+    owned = count_owned_rows(
+        url=source_url,
+        directory=source_dir,
+        placement=Placement(start=start, end=end, as_of=extracted_at, first_hour=first_hour),
+    )
+    held_elsewhere = (
+        set(
+            connection.fetchall(
+                f"select {', '.join(HELD_ROW_COLUMNS)} from metering.raw_usage_events "
+                f"where placed_by = {sql_literal(PLACED_BY_FIRST_EXTRACT)} and not ({window})"
+            )
+        )
+        if owned.first_extract
+        else set()
+    )
+    mine = [arrived for row, arrived in owned.first_extract if row not in held_elsewhere]
+    return SourceRecount(
+        arrived=owned.placed_arrived + sum(mine),
+        total=owned.placed_total + len(mine),
+        extracted=int(extracted),
+        extracted_at=extracted_at,
+    )

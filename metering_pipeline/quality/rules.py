@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from metering_pipeline.quality.tables import ensure_quality_tables
+from metering_pipeline.quality.tables import ensure_quality_tables, reason
+from metering_pipeline.sources.reader import PLACED_BY_OCCURRED, PLACED_BY_RECEIVED
 from metering_pipeline.sources.tables import ensure_extract_tables, sql_literal, use_utc
 from metering_pipeline.warehouse import Connection
 
@@ -21,6 +22,8 @@ NUMBER_PATTERN = r"[+-]{0,1}([0-9]+([.][0-9]*){0,1}|[.][0-9]+)([eE][+-]{0,1}[0-9
 # the settings say, rather than an overflow error.
 DECIMAL_LIMIT = Decimal("1e26")
 CLOCK_SKEW = "interval '5 minutes'"
+# U+FFFD: the extract's stand-in for a NUL byte, which the warehouse cannot store.
+REPLACEMENT_CHAR = "chr(65533)"
 # Concurrent validations of overlapping windows would both delete, then both insert.
 LOCK_KEY = "metering.validated_usage_events"
 
@@ -30,6 +33,9 @@ class ValidationRules:
     quantity_min: Decimal
     quantity_max: Decimal
     customer_metadata_key: str
+    # Longer event ids are quarantined (event_id_too_long): an idempotency key that long is a
+    # producer bug (a payload pasted into the id), and no row should bill on it unseen.
+    event_id_max_length: int = 255
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,11 @@ def routing_sql(
     hour = "cast(partition_hour as varchar)"
     rerun = "' and re-run partition hour ' || " + hour + " || '.'"
     quote = sql_literal("'")
+    by_occurred, by_received = sql_literal(PLACED_BY_OCCURRED), sql_literal(PLACED_BY_RECEIVED)
+    placed_how = (
+        f"case placed when {by_received} then 'the hour of its received_at' "
+        "else 'the first extract that read it, which keeps it there' end"
+    )
     return f"""
 create temp table _routed as
 with
@@ -121,10 +132,17 @@ parsed as (
             case when coalesce(trim(event_id), '') = '' then 'event_id' end,
             case when coalesce(trim(customer_id), '') = '' then 'customer_id' end,
             case when coalesce(trim(meter), '') = '' then 'meter' end,
-            case when coalesce(trim(quantity), '') = '' then 'quantity' end,
+            case when coalesce(trim(quantity), '') = '' then 'quantity' end
+        ) as missing_fields,
+        concat_ws(' and ',
             case when occurred_at is null then 'occurred_at' end,
             case when received_at is null then 'received_at' end
-        ) as missing_fields,
+        ) as missing_timestamps,
+        -- rows placed before this column existed were placed by occurred_at or received_at
+        coalesce(placed_by, case when occurred_at is null then {by_received}
+            else {by_occurred} end) as placed,
+        strpos(concat_ws('', event_id, customer_id, meter, quantity, reason),
+            {REPLACEMENT_CHAR}) > 0 as has_unreadable_text,
         coalesce(
             customer_map.stripe_customer_id,
             case when left(related.customer_id, 4) = 'cus_'
@@ -142,17 +160,24 @@ checked as (
     select
         parsed.*,
         case
-            when missing_fields <> '' then 'missing_field'
-            when not quantity_is_number then 'bad_quantity'
+            when missing_timestamps <> '' then {reason("missing_timestamp")}
+            when placed <> {by_occurred} then {reason("out_of_range")}
+            when missing_fields <> '' then {reason("missing_field")}
+            when has_unreadable_text then {reason("unreadable_text")}
+            when length(event_id) > {rules.event_id_max_length}
+                then {reason("event_id_too_long")}
+            when not quantity_is_number then {reason("bad_quantity")}
             when quantity_double < {low} or quantity_double > {high}
-                or abs(quantity_double) >= {DECIMAL_LIMIT} then 'quantity_out_of_bounds'
+                or abs(quantity_double) >= {DECIMAL_LIMIT} then {reason("quantity_out_of_bounds")}
             when quantity_double < 0 and coalesce(trim(reason), '') = ''
-                then 'negative_without_reason'
+                then {reason("negative_without_reason")}
             when occurred_at < partition_hour or occurred_at >= partition_hour + interval '1 hour'
-                then 'outside_partition'
-            when occurred_at > {sql_literal(now)} + {CLOCK_SKEW} then 'in_future'
-            when not meter_known then 'unknown_meter'
-            when customer_matches > 1 or stripe_customer_id is null then 'unmapped_customer'
+                then {reason("outside_partition")}
+            when occurred_at > {sql_literal(now)} + {CLOCK_SKEW}
+                or received_at > {sql_literal(now)} + {CLOCK_SKEW} then {reason("in_future")}
+            when not meter_known then {reason("unknown_meter")}
+            when customer_matches > 1 or stripe_customer_id is null
+                then {reason("unmapped_customer")}
         end as reason_code
     from parsed
 ),
@@ -207,7 +232,7 @@ routed as (
     select
         event_id, customer_id, meter, quantity, occurred_at, received_at, reason, properties,
         partition_hour, stripe_customer_id, quantity_decimal,
-        case when is_conflict then 'conflicting_duplicate' end as reason_code,
+        case when is_conflict then {reason("conflicting_duplicate")} end as reason_code,
         case when is_conflict then
             'event_id ' || {quote} || event_id || {quote} || ' was first received at '
             || cast(first_received_at as varchar) || ' (partition hour '
@@ -237,31 +262,56 @@ routed as (
         event_id, customer_id, meter, quantity, occurred_at, received_at, reason, properties,
         partition_hour, stripe_customer_id, quantity_decimal, reason_code,
         case reason_code
-            when 'missing_field' then 'Required field(s) ' || missing_fields
+            when {reason("missing_timestamp")} then missing_timestamps || ' of event '
+                || coalesce(event_id, '(no event_id)') || ' is missing or unreadable, so the row '
+                || 'is kept in partition hour ' || {hour} || ' (' || {placed_how}
+                || '); fix the timestamp in the source and re-run this hour and the hour of the '
+                || 'corrected time.'
+            when {reason("out_of_range")} then 'occurred_at ' || cast(occurred_at as varchar)
+                || ' of event ' || coalesce(event_id, '(no event_id)') || ' is '
+                || case when received_at is not null
+                    and occurred_at > received_at + {CLOCK_SKEW}
+                    then 'after its received_at ' || cast(received_at as varchar)
+                        || ' (beyond 5 minutes of clock skew)'
+                    else 'before the first partition (METERING_PARTITIONS_START) or after the '
+                        || 'extract that read it' end
+                || ', so no hour can bill it; it is kept in partition hour ' || {hour} || ' ('
+                || {placed_how} || '). Fix occurred_at in the source and re-run this hour and '
+                || 'the hour of the corrected time.'
+            when {reason("missing_field")} then 'Required field(s) ' || missing_fields
                 || ' empty in event ' || coalesce(event_id, '(no event_id)')
                 || '; fill them in the source' || {rerun}
-            when 'bad_quantity' then 'quantity ' || {quote} || quantity || {quote}
+            when {reason("unreadable_text")} then 'event ' || event_id || ' holds a NUL byte '
+                || 'or an undecodable character (shown as U+FFFD) in event_id, customer_id, meter,'
+                || ' quantity or reason, which cannot be billed as delivered; fix the row in the'
+                || ' source' || {rerun}
+            when {reason("event_id_too_long")} then 'event_id of ' || cast(length(event_id)
+                as varchar) || ' characters (starting ' || {quote} || left(event_id, 40)
+                || {quote} || ') is longer than {rules.event_id_max_length} '
+                || '(METERING_EVENT_ID_MAX_LENGTH); send a shorter idempotency key' || {rerun}
+            when {reason("bad_quantity")} then 'quantity ' || {quote} || quantity || {quote}
                 || ' of event ' || event_id || ' is not a finite decimal number; correct it in the'
                 || ' source' || {rerun}
-            when 'quantity_out_of_bounds' then 'quantity ' || quantity || ' of event ' || event_id
-                || ' is outside [{low}, {high}] (METERING_QUANTITY_MIN/MAX); correct the row or'
-                || ' widen the bounds' || {rerun}
-            when 'negative_without_reason' then 'quantity ' || quantity || ' of event '
+            when {reason("quantity_out_of_bounds")} then 'quantity ' || quantity
+                || ' of event ' || event_id || ' is outside [{low}, {high}] '
+                || '(METERING_QUANTITY_MIN/MAX); correct the row or widen the bounds' || {rerun}
+            when {reason("negative_without_reason")} then 'quantity ' || quantity || ' of event '
                 || event_id || ' is negative but reason is empty; negative usage is accepted only'
                 || ' as a refund or correction, so set reason (e.g. refund) in the source'
                 || {rerun}
-            when 'outside_partition' then 'occurred_at ' || cast(occurred_at as varchar)
+            when {reason("outside_partition")} then 'occurred_at ' || cast(occurred_at as varchar)
                 || ' of event ' || event_id || ' is outside partition hour ' || {hour}
                 || '; re-extract the hour that contains it.'
-            when 'in_future' then 'occurred_at ' || cast(occurred_at as varchar) || ' of event '
+            when {reason("in_future")} then 'occurred_at ' || cast(occurred_at as varchar)
+                || ' or received_at ' || cast(received_at as varchar) || ' of event '
                 || event_id || ' is after the validation time ' || {sql_literal(now.isoformat())}
                 || ' (beyond 5 minutes of clock skew); fix the timestamp in the source'
                 || {rerun}
-            when 'unknown_meter' then 'meter ' || {quote} || meter || {quote}
+            when {reason("unknown_meter")} then 'meter ' || {quote} || meter || {quote}
                 || ' of event ' || event_id || ' is no Stripe billing meter event_name in'
                 || ' metering.stripe_meters; create the meter in Stripe or fix the name, sync the'
                 || ' catalog' || {rerun}
-            when 'unmapped_customer' then 'customer_id ' || {quote} || customer_id
+            when {reason("unmapped_customer")} then 'customer_id ' || {quote} || customer_id
                 || {quote} || ' of event ' || event_id || case when customer_matches > 1
                     then ' matches ' || cast(customer_matches as varchar)
                         || ' Stripe customers; keep metadata '

@@ -7,10 +7,16 @@ missing (same columns as the doc), so validation can run before the first sync a
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from metering_pipeline.warehouse import Connection
 
-REASON_CODES = (
+ReasonCode = Literal[
+    "missing_timestamp",
+    "out_of_range",
     "missing_field",
+    "unreadable_text",
+    "event_id_too_long",
     "bad_quantity",
     "quantity_out_of_bounds",
     "negative_without_reason",
@@ -19,7 +25,18 @@ REASON_CODES = (
     "unknown_meter",
     "unmapped_customer",
     "conflicting_duplicate",
-)
+]
+# Every quarantine reason, in the order the rules try them: the routing SQL, the checks and
+# docs/architecture.md use these names and no others (a unit test holds the doc to this list).
+REASON_CODES: tuple[ReasonCode, ...] = get_args(ReasonCode)
+
+
+def reason(code: ReasonCode) -> str:
+    """A reason code as a SQL literal; an unknown name fails here, not in a quarantine table."""
+    if code not in REASON_CODES:
+        raise ValueError(f"{code!r} is no reason code; known: {', '.join(REASON_CODES)}")
+    return f"'{code}'"
+
 
 _QUALITY_DDL = (
     """

@@ -19,6 +19,10 @@ RAW_COLUMNS = (
 )
 REQUIRED_SOURCE_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at")
 OPTIONAL_SOURCE_COLUMNS = ("received_at", "reason", "properties")
+# What makes two rows that no timestamp places the same row (received_at aside: without a
+# received_at column it is the extraction time, which changes with every extract).
+HELD_ROW_COLUMNS = ("event_id", "customer_id", "meter", "quantity", "occurred_at", "reason",
+    "properties")  # fmt: skip
 
 _DDL = (
     """
@@ -32,7 +36,8 @@ _DDL = (
         reason text,
         properties text,
         partition_hour timestamptz not null,
-        extracted_at timestamptz not null
+        extracted_at timestamptz not null,
+        placed_by text
     )
     """,
     """
@@ -73,3 +78,10 @@ def ensure_extract_tables(connection: Connection) -> None:
     connection.ensure_schema()
     for statement in _DDL:
         connection.execute(statement)
+    # Warehouses created before placed_by existed. Only when missing: on PostgreSQL an ALTER
+    # waits for every reader of the table, even when the column is already there.
+    if not connection.fetchone(
+        "select count(*) from information_schema.columns where table_schema = 'metering' "
+        "and table_name = 'raw_usage_events' and column_name = 'placed_by'"
+    )[0]:
+        connection.execute("alter table metering.raw_usage_events add column placed_by text")

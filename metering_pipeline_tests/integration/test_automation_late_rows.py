@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 
 from metering_pipeline.defs.automation.late_rows import late_usage_rows
+from metering_pipeline.defs.partitions import hourly_partitions
 from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.sources.extract import extract_window
@@ -46,7 +47,7 @@ def add_rows(source_url: str, rows: list[tuple]) -> None:
 def extract(source_url: str, warehouse_url: str, hour: datetime) -> None:
     extract_window(
         source_url=source_url, source_dir=None, warehouse=Database(warehouse_url),
-        start=hour, end=hour + _HOUR, batch_rows=1000,
+        start=hour, end=hour + _HOUR, batch_rows=1000, first_hour=hourly_partitions.start,
     )  # fmt: skip
 
 

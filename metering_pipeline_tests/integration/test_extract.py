@@ -264,7 +264,7 @@ def test_extract_reads_parquet_jsonl_and_csv_files(tmp_path, warehouse_url, monk
     quarantined = dict(
         query(warehouse_url, "select event_id, reason_code from metering.quarantined_usage_events")
     )
-    assert quarantined == {"c2": "missing_field", "j1": "bad_quantity"}
+    assert quarantined == {"c2": "missing_timestamp", "j1": "bad_quantity"}
 
 
 def test_a_file_without_a_required_column_fails_the_extract_naming_it(tmp_path, duckdb_url) -> None:

@@ -3,14 +3,17 @@
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from metering_pipeline.quality.report import HourCounts, WindowCounts
 from metering_pipeline.quality.rules import NUMBER_PATTERN, ValidationRules, routing_sql
+from metering_pipeline.quality.tables import REASON_CODES, reason
 from metering_pipeline.sources.tables import sql_literal
 
 START = datetime(2026, 10, 1, 10, tzinfo=UTC)
+RULES = ValidationRules(Decimal(-10), Decimal(10), "metering_customer_id")
 
 
 @pytest.mark.parametrize(
@@ -61,3 +64,20 @@ def test_window_counts_add_up_per_hour() -> None:
     assert (counts.extracted, counts.accepted, counts.quarantined) == (20, 16, 3)
     assert counts.quarantine_share == pytest.approx(0.15)
     assert WindowCounts(hours=(), by_reason={}).quarantine_share == 0.0
+
+
+def test_reason_codes_are_one_list_for_rules_and_docs() -> None:
+    """The routing SQL writes only known codes, every code has a rule, and the doc lists them
+    all in the same order."""
+    sql = routing_sql("duckdb", START, START + timedelta(hours=1), START, RULES)
+    # the case expressions that end "as reason_code", and the one that writes each message
+    assigning = [part.rsplit("case", 1)[-1] for part in sql.split("as reason_code")[:-1]]
+    assigned = re.findall(r"then '([a-z_]+)'", "".join(assigning))
+    explained = re.findall(r"\n\s*when '([a-z_]+)' then", sql.split("case reason_code")[1])
+    assert sorted(assigned) == sorted(REASON_CODES)
+    assert set(explained) == set(REASON_CODES) - {"conflicting_duplicate"}  # its own sentence
+    doc = (Path(__file__).parents[2] / "docs" / "architecture.md").read_text()
+    listed = doc.split("<!-- reason-codes -->")[1].split("<!-- /reason-codes -->")[0]
+    assert re.findall(r"^\s*- `([a-z_]+)`:", listed, re.MULTILINE) == list(REASON_CODES)
+    with pytest.raises(ValueError, match="no reason code"):
+        reason("missing_feild")  # type: ignore[arg-type]

@@ -16,9 +16,10 @@ import dagster as dg
 
 from metering_pipeline.defs.automation.jobs import TRIGGER_TAG, hourly_usage
 from metering_pipeline.defs.automation.schedules import hour_range_request
+from metering_pipeline.defs.partitions import hourly_partitions
 from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
 from metering_pipeline.settings import load_settings
-from metering_pipeline.sources.reader import SOURCE_TABLE, redact
+from metering_pipeline.sources.reader import SOURCE_TABLE, placed_source_sql, redact
 from metering_pipeline.sources.tables import use_utc
 from metering_pipeline.warehouse import Connection, Database, WarehouseBusyError
 
@@ -41,21 +42,18 @@ class LateHour:
 def _source_rows_since(
     source: Database, since: datetime | None
 ) -> tuple[list[tuple], datetime | None]:
-    """Per hour of ``occurred_at`` (``received_at`` when missing, like the extract), the rows
-    received after ``since``: their count and latest ``received_at``; and the latest overall."""
+    """Per hour a row belongs to (as the extract places it), the rows received after
+    ``since``: their count and latest ``received_at``; and the latest overall."""
     where = "where received_at > ?" if since else "where received_at is not null"
     params = (since,) if since else ()
     with source.connect() as conn:
         use_utc(conn)
         _require_received_at(conn, source)
+        placed = placed_source_sql(conn, source.url, hourly_partitions.start, datetime.now(UTC))
         hours = conn.fetchall(
             f"""
             with source_rows as (
-                select
-                    date_trunc('hour', coalesce(occurred_at, received_at)) as partition_hour,
-                    received_at
-                from {SOURCE_TABLE}
-                {where}
+                select partition_hour, received_at from ({placed}) as placed {where}
             )
             select partition_hour, count(*) as row_count, max(received_at) as max_received_at
             from source_rows

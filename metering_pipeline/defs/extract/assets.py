@@ -30,7 +30,12 @@ def raw_usage_events(
         start=window.start,
         end=window.end,
         batch_rows=load_settings().extract_batch_rows,
+        first_hour=hourly_partitions.start,
     )
+    if summary.dropped_stages:
+        context.log.warning(
+            f"dropped stage tables a killed extract left: {', '.join(summary.dropped_stages)}"
+        )
     context.log.info(
         f"extracted {summary.rows} rows for [{window.start}, {window.end}) in "
         f"{summary.seconds:.1f} s ({summary.rows_per_second:,.0f} rows/s)"
@@ -44,6 +49,8 @@ def raw_usage_events(
             "window_end": dg.MetadataValue.text(window.end.isoformat()),
             "hours": dg.MetadataValue.int(summary.hours),
             "batches": dg.MetadataValue.int(summary.batches),
+            "held_by_other_hours": dg.MetadataValue.int(summary.held_elsewhere),
+            "abandoned_stages_dropped": dg.MetadataValue.json(list(summary.dropped_stages)),
             "max_received_at": dg.MetadataValue.text(
                 summary.max_received_at.isoformat() if summary.max_received_at else "none"
             ),

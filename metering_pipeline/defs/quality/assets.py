@@ -17,6 +17,7 @@ def validation_rules() -> ValidationRules:
         quantity_min=settings.quantity_min,
         quantity_max=settings.quantity_max,
         customer_metadata_key=settings.customer_metadata_key,
+        event_id_max_length=settings.event_id_max_length,
     )
 
 

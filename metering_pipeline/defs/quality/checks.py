@@ -1,14 +1,20 @@
 """Asset checks on the extract: the GX suite, and the two blocking checks that guard dbt."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
 from metering_pipeline.defs.extract.assets import raw_usage_events
 from metering_pipeline.defs.partitions import hourly_partitions
 from metering_pipeline.defs.quality.assets import validated_usage_events
-from metering_pipeline.defs.resources import WarehouseResource
-from metering_pipeline.quality.report import UNPARSEABLE, raw_schema_problems, window_counts
+from metering_pipeline.defs.resources import SourceResource, WarehouseResource
+from metering_pipeline.quality.report import (
+    UNPARSEABLE,
+    raw_schema_problems,
+    source_recount,
+    window_counts,
+)
 from metering_pipeline.quality.suite import run_suite, sample_window
 from metering_pipeline.settings import load_settings
 
@@ -118,28 +124,57 @@ def partition_level_quality(
     asset=validated_usage_events,
     partitions_def=hourly_partitions,
     blocking=True,
-    description="Nothing lost, nothing doubled: per hour, extracted = accepted + quarantined, "
-    "recounted from the tables.",
+    description="Nothing lost, nothing doubled: the source rows the window owns, recounted from "
+    "the source by their own query, are all in the extract; and per hour, extracted = accepted "
+    "+ quarantined, recounted from the tables.",
 )
 def counts_add_up(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource, source: SourceResource
 ) -> dg.AssetCheckResult:
     window = context.partition_time_window
     with warehouse.database.connect() as connection:
+        recount = source_recount(
+            connection,
+            source_url=source.url,
+            source_dir=Path(source.directory) if source.directory else None,
+            start=window.start,
+            end=window.end,
+            first_hour=hourly_partitions.start,
+        )
         counts = window_counts(connection, window.start, window.end)
     wrong = [h for h in counts.hours if not h.adds_up]
-    return dg.AssetCheckResult(
-        passed=not wrong,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=(
+    problems = []
+    if recount.extracted_at is None:
+        problems.append("the window was never extracted; materialize raw_usage_events for it")
+    elif recount.missing:
+        problems.append(
+            f"the source gives {recount.arrived} rows to the window that had landed before the "
+            f"extract of {recount.extracted_at.isoformat()}, the extract holds "
+            f"{recount.extracted}: {recount.missing} source row(s) were never extracted; re-run "
+            "raw_usage_events and validated_usage_events for the window"
+        )
+    elif recount.surplus:
+        problems.append(
+            f"the extract holds {recount.extracted} rows, the source gives the window only "
+            f"{recount.total}: {recount.surplus} row(s) are counted twice or no longer in the "
+            "source; re-run raw_usage_events and validated_usage_events for the window"
+        )
+    if wrong:
+        problems.append(
             f"{len(wrong)} hour(s) where extracted != accepted + quarantined, first "
             f"{wrong[0].partition_hour.isoformat()}: {wrong[0].extracted} extracted, "
             f"{wrong[0].accepted} accepted, {wrong[0].quarantined} quarantined; re-run "
             "validated_usage_events for those hours"
-            if wrong
-            else "extracted = accepted + quarantined in every hour"
-        ),
+        )
+    return dg.AssetCheckResult(
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(problems)
+        or "every source row of the window was extracted, and extracted = accepted + "
+        "quarantined in every hour",
         metadata={
+            "source_rows": dg.MetadataValue.int(recount.total),
+            "source_rows_landed_before_extract": dg.MetadataValue.int(recount.arrived),
             "extracted": dg.MetadataValue.int(counts.extracted),
             "accepted": dg.MetadataValue.int(counts.accepted),
             "quarantined": dg.MetadataValue.int(counts.quarantined),
