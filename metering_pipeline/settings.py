@@ -70,6 +70,7 @@ class Settings:
     extract_batch_rows: int
     alert_webhook_url: str | None
     finalization_grace_hours: int = field(default=1)
+    catalog_max_loss: Decimal = field(default=Decimal("0.5"))
 
     @property
     def warehouse_kind(self) -> str:
@@ -187,6 +188,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     share = _decimal(env, "METERING_MAX_QUARANTINE_SHARE", "0.05", Decimal(0))
     if share > 1:
         raise SettingsError(f"METERING_MAX_QUARANTINE_SHARE={share} must be between 0 and 1")
+    catalog_max_loss = _decimal(env, "METERING_CATALOG_MAX_LOSS", "0.5", Decimal(0))
+    if catalog_max_loss > 1:
+        raise SettingsError(
+            f"METERING_CATALOG_MAX_LOSS={catalog_max_loss} must be between 0 and 1 (a share: "
+            "0.5 refuses a catalog sync that loses more than half of the customers, meters or "
+            "subscriptions at once; 1 turns the guard off)"
+        )
 
     return Settings(
         home=home,
@@ -214,4 +222,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         extract_batch_rows=_int(env, "METERING_EXTRACT_BATCH_ROWS", 250_000, low=1),
         alert_webhook_url=env.get("METERING_ALERT_WEBHOOK_URL") or None,
         finalization_grace_hours=_int(env, "METERING_FINALIZATION_GRACE_HOURS", 1, low=0),
+        catalog_max_loss=catalog_max_loss,
     )
