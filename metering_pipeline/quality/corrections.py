@@ -97,21 +97,24 @@ class Correction:
         return totals
 
     def describe(self) -> str:
-        amounts = ", ".join(f"{amount:f} {currency}" for currency, amount in self.amounts().items())
-        periods = "; ".join(
-            f"period {line.period_start:%Y-%m-%d}..{line.period_end:%Y-%m-%d}: "
+        effects = "; ".join(
             f"{_signed(line.quantity_delta)} units"
-            + (f", {line.amount_delta:f} {line.currency} minor units" if line.currency else "")
+            + (
+                f", {line.amount_delta:f} {line.currency} minor units"
+                if line.currency
+                else ", money known after the push"
+            )
+            + f" in period {line.period_start:%Y-%m-%d}..{line.period_end:%Y-%m-%d}"
             if line.period_start and line.period_end
-            else "not attributed to a billed item"
+            else f"{line.events} event(s) not attributed to a billed item"
             for line in self.lines
         )
         return (
             f"{self.correction_id}: {self.events} billed event(s) of customer "
-            f"{self.customer_id} ({self.stripe_customer_id}), meter {self.meter}, quantity "
-            f"{self.quantity.normalize():f}, now {self.reason_code} ({periods}; money "
-            f"{amounts or 'not known before the push'}), hours {_hour(self.first_hour)} to "
-            f"{_hour(self.last_hour)}. {self.example_reason}"
+            f"{self.customer_id} ({self.stripe_customer_id}) on meter {self.meter} (quantity "
+            f"{self.quantity.normalize():f}) are now rejected as {self.reason_code}; confirming "
+            f"takes back {effects or 'nothing known yet'} (hours {_hour(self.first_hour)} to "
+            f"{_hour(self.last_hour)}). Why: {self.example_reason}"
         )
 
 
