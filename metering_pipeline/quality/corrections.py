@@ -137,11 +137,16 @@ def hold_catalog_corrections(
         f"""
         create temp table _held as
         with
+        -- usually empty: only rows the catalog rejects can be held, so the accepted rows are
+        -- looked up for those alone and a large window pays nothing
+        candidates as (
+            select * from _routed where reason_code in ({_REASONS})
+        ),
         prior as (
             select event_id, partition_hour, customer_id, meter, occurred_at,
                 min(stripe_customer_id) as stripe_customer_id, min(quantity) as quantity
             from metering.accepted_usage_events
-            where {window}
+            where {window} and event_id in (select event_id from candidates)
             group by event_id, partition_hour, customer_id, meter, occurred_at
         ),
         confirmed as (
@@ -151,15 +156,14 @@ def hold_catalog_corrections(
         select distinct routed.event_id, routed.partition_hour, routed.customer_id,
             routed.meter, routed.occurred_at, routed.reason_code, routed.quarantine_reason,
             prior.stripe_customer_id, prior.quantity
-        from _routed as routed
+        from candidates as routed
         inner join prior
             on prior.event_id = routed.event_id
             and prior.partition_hour = routed.partition_hour
             and prior.customer_id = routed.customer_id
             and prior.meter = routed.meter
             and prior.occurred_at = routed.occurred_at
-        where routed.reason_code in ({_REASONS})
-            and not exists (
+        where not exists (
                 select 1 from confirmed
                 where confirmed.event_id = routed.event_id
                     and confirmed.partition_hour = routed.partition_hour
