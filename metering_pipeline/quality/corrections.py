@@ -28,9 +28,6 @@ from metering_pipeline.warehouse import Connection
 
 CORRECTIONS = "metering.catalog_corrections"
 CATALOG_REASONS = ("unknown_meter", "unmapped_customer")
-# Modes whose period total is a sum of the rows (count: of the rows' signs), so the effect of
-# removing rows is known before the push; the others depend on the rows that remain.
-_SUMMED = ("sum", "count")
 
 _DDL = f"""
     create table if not exists {CORRECTIONS} (
@@ -51,6 +48,9 @@ _DDL = f"""
         primary key (correction_id, event_id, partition_hour)
     )
 """
+_NO_ATTRIBUTION = (
+    "cast(null as text), cast(null as text), cast(null as timestamptz), cast(null as timestamptz)"
+)
 _REASONS = ", ".join(sql_literal(reason) for reason in CATALOG_REASONS)
 
 
@@ -395,13 +395,7 @@ def _lines(connection: Connection) -> dict[str, list[CorrectionLine]]:
     lines: dict[str, list[CorrectionLine]] = {}
     for correction_id, item, price_id, start, end, events, quantity, net_events in rows:
         mode, total = totals.get((item, price_id, _utc(start)), (None, None))
-        delta = (
-            -Decimal(quantity)
-            if mode == "sum"
-            else -Decimal(net_events)
-            if mode == "count"
-            else None
-        )
+        delta = _effect(mode, Decimal(quantity), int(net_events))
         price = prices.get(price_id) if price_id else None
         amount = (
             amount_minor_units(price, total + delta) - amount_minor_units(price, total)
@@ -423,15 +417,23 @@ def _lines(connection: Connection) -> dict[str, list[CorrectionLine]]:
     return lines
 
 
+def _effect(mode: str | None, quantity: Decimal, net_events: int) -> Decimal | None:
+    """How much removing the rows lowers the period total: known for the modes that add rows up
+    (a ``count`` meter counts events, a correction taking one back); None for the others."""
+    if mode == "sum":
+        return -quantity
+    if mode == "count":
+        return -Decimal(net_events)
+    return None
+
+
 def _attribution(alias: str, available: bool) -> str:
-    columns = ("subscription_item_id", "price_id", "period_start", "period_end")
-    if not available:
-        return ", ".join(f"cast(null as {_type(c)}) as {c}" for c in columns)
-    return ", ".join(f"{alias}.{column}" for column in columns)
-
-
-def _type(column: str) -> str:
-    return "timestamptz" if column.startswith("period") else "text"
+    if not available:  # before the first dbt build: held rows are not attributed yet
+        return _NO_ATTRIBUTION
+    return ", ".join(
+        f"{alias}.{column}"
+        for column in ("subscription_item_id", "price_id", "period_start", "period_end")
+    )
 
 
 def _attribution_join(available: bool) -> str:
