@@ -4,6 +4,7 @@ import dagster as dg
 
 from metering_pipeline.defs import (
     automation,
+    corrections,
     extract,
     push,
     quality,
@@ -22,4 +23,5 @@ defs = dg.Definitions.merge(
     push.defs,
     reconcile.defs,
     automation.defs,
+    corrections.defs,
 )

@@ -72,6 +72,7 @@ class Settings:
     alert_webhook_url: str | None
     finalization_grace_hours: int = field(default=1)
     event_id_max_length: int = field(default=255)
+    catalog_max_loss: Decimal = field(default=Decimal("0.5"))
 
     @property
     def warehouse_kind(self) -> str:
@@ -213,6 +214,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     share = _decimal(env, "METERING_MAX_QUARANTINE_SHARE", "0.05", Decimal(0))
     if share > 1:
         raise SettingsError(f"METERING_MAX_QUARANTINE_SHARE={share} must be between 0 and 1")
+    catalog_max_loss = _decimal(env, "METERING_CATALOG_MAX_LOSS", "0.5", Decimal(0))
+    if catalog_max_loss > 1:
+        raise SettingsError(
+            f"METERING_CATALOG_MAX_LOSS={catalog_max_loss} must be between 0 and 1 (a share: "
+            "0.5 refuses a catalog sync that loses more than half of the customers, meters or "
+            "subscriptions at once; 1 turns the guard off)"
+        )
 
     return Settings(
         home=home,
@@ -242,4 +250,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         finalization_grace_hours=_int(env, "METERING_FINALIZATION_GRACE_HOURS", 1, low=0),
         # longer event ids are quarantined (event_id_too_long)
         event_id_max_length=_int(env, "METERING_EVENT_ID_MAX_LENGTH", 255, low=1),
+        catalog_max_loss=catalog_max_loss,
     )

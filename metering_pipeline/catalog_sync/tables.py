@@ -15,6 +15,11 @@ from datetime import datetime
 from metering_pipeline.billing.catalog import Catalog, Price
 from metering_pipeline.billing.modes import default_mode
 from metering_pipeline.catalog_sync.intervals import ItemInterval
+from metering_pipeline.catalog_sync.plausibility import (
+    CatalogIds,
+    customer_label,
+    subscription_label,
+)
 from metering_pipeline.warehouse import Connection
 
 DDL = (
@@ -165,6 +170,29 @@ def read_intervals(conn: Connection) -> list[ItemInterval]:
         """
     )
     return [ItemInterval(*row) for row in rows]
+
+
+def read_catalog_ids(conn: Connection) -> tuple[CatalogIds, datetime | None]:
+    """The last good catalog's customers, meters and active subscriptions, and when it was
+    synced: what a new read from Stripe is compared with before it may replace them."""
+    customers = conn.fetchall(
+        "select stripe_customer_id, metering_customer_id from metering.stripe_customers"
+    )
+    meters = conn.fetchall("select meter_id, event_name from metering.stripe_meters")
+    subscriptions = conn.fetchall(
+        "select distinct subscription_id, stripe_customer_id "
+        "from metering.stripe_subscription_items where valid_to is null"
+    )
+    synced = conn.fetchone(
+        "select max(synced_at) from (select synced_at from metering.stripe_customers "
+        "union all select synced_at from metering.stripe_meters) as synced"
+    )
+    ids = CatalogIds(
+        customers={id_: customer_label(id_, key) for id_, key in customers},
+        meters=dict(meters),
+        subscriptions={id_: subscription_label(id_, customer) for id_, customer in subscriptions},
+    )
+    return ids, synced[0] if synced else None
 
 
 def write_catalog(

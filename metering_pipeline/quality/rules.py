@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
+from metering_pipeline.quality.corrections import hold_catalog_corrections
 from metering_pipeline.quality.tables import ensure_quality_tables, reason
 from metering_pipeline.sources.reader import PLACED_BY_OCCURRED, PLACED_BY_RECEIVED
 from metering_pipeline.sources.tables import ensure_extract_tables, sql_literal, use_utc
@@ -348,6 +349,7 @@ def _replace_window(
     window = f"partition_hour >= {sql_literal(start)} and partition_hour < {sql_literal(end)}"
     connection.execute("drop table if exists _routed")
     connection.execute(routing_sql(connection.kind, start, end, now, rules))
+    hold_catalog_corrections(connection, start, end, now)
     for table in ("accepted_usage_events", "quarantined_usage_events", "partition_quality"):
         connection.execute(f"delete from metering.{table} where {window}")
     connection.execute(

@@ -3,11 +3,17 @@
 from datetime import UTC, datetime
 
 import dagster as dg
+from pydantic import Field
 
 from metering_pipeline.defs.extract.assets import raw_usage_events
 from metering_pipeline.defs.partitions import hourly_partitions
 from metering_pipeline.defs.resources import WarehouseResource
-from metering_pipeline.quality.rules import ValidationRules, validate_window
+from metering_pipeline.quality.corrections import (
+    CorrectionError,
+    confirm_corrections,
+    held_rows,
+)
+from metering_pipeline.quality.rules import LOCK_KEY, ValidationRules, validate_window
 from metering_pipeline.settings import load_settings
 
 
@@ -21,6 +27,15 @@ def validation_rules() -> ValidationRules:
     )
 
 
+class ValidationConfig(dg.Config):
+    confirm_corrections: list[str] = Field(
+        default_factory=list,
+        description="Ids of pending catalog corrections (check catalog_corrections_confirmed) "
+        "to apply: their billed rows go to quarantine in this run, and the push sends the "
+        "negative delta. The run's hours must cover every hour of each correction.",
+    )
+
+
 @dg.asset(
     deps=[raw_usage_events],
     partitions_def=hourly_partitions,
@@ -31,12 +46,23 @@ def validation_rules() -> ValidationRules:
     "metering.quarantined_usage_events (reason code and an actionable sentence per row).",
 )
 def validated_usage_events(
-    context: dg.AssetExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, config: ValidationConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     window = context.partition_time_window
-    with warehouse.database.connect() as connection:
-        summary = validate_window(
-            connection, window.start, window.end, datetime.now(UTC), validation_rules()
+    now = datetime.now(UTC)
+    with warehouse.database.connect() as connection, connection.advisory_lock(LOCK_KEY):
+        try:
+            confirm_corrections(
+                connection, config.confirm_corrections, window.start, window.end, now
+            )
+        except CorrectionError as error:
+            raise dg.Failure(description=str(error)) from None
+        summary = validate_window(connection, window.start, window.end, now, validation_rules())
+        held = held_rows(connection, window.start, window.end)
+    if held:
+        context.log.warning(
+            f"{held} row(s) accepted before are now rejected by the catalog and stay billed "
+            "until their correction is confirmed; see check catalog_corrections_confirmed"
         )
     share = summary.quarantined / summary.extracted if summary.extracted else 0.0
     context.log.info(
@@ -49,6 +75,7 @@ def validated_usage_events(
             "accepted": dg.MetadataValue.int(summary.accepted),
             "quarantined": dg.MetadataValue.int(summary.quarantined),
             "duplicates": dg.MetadataValue.int(summary.duplicates),
+            "held_for_correction": dg.MetadataValue.int(held),
             "quarantine_share": dg.MetadataValue.float(round(share, 6)),
             "quarantined_by_reason": dg.MetadataValue.json(summary.by_reason),
             "window_start": dg.MetadataValue.text(window.start.isoformat()),

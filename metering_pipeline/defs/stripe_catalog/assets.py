@@ -4,14 +4,22 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import dagster as dg
+from pydantic import Field
 
 from metering_pipeline.catalog_sync.intervals import (
     SUBSCRIPTION_EVENTS,
     billing_periods,
     build_intervals,
 )
+from metering_pipeline.catalog_sync.plausibility import (
+    KINDS,
+    catalog_ids,
+    catalog_loss,
+    refusal_message,
+)
 from metering_pipeline.catalog_sync.tables import (
     ensure_catalog_tables,
+    read_catalog_ids,
     read_intervals,
     write_catalog,
 )
@@ -29,6 +37,15 @@ CATALOG_TABLES = (
 )
 
 
+class CatalogSyncConfig(dg.Config):
+    accept_catalog_loss: bool = Field(
+        default=False,
+        description="Replace the catalog even though Stripe no longer lists more than "
+        "METERING_CATALOG_MAX_LOSS of the customers, meters or subscriptions of the last sync. "
+        "Set it for one run, only after checking the loss is deliberate.",
+    )
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -42,12 +59,17 @@ CATALOG_TABLES = (
     pool="stripe_catalog",
 )
 def stripe_catalog(
-    context: dg.AssetExecutionContext, stripe: StripeResource, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: CatalogSyncConfig,
+    stripe: StripeResource,
+    warehouse: WarehouseResource,
 ) -> Iterator[dg.MaterializeResult]:
     """One read of Stripe's catalog and subscription events, written as one transaction.
 
     The five tables only make sense together (intervals name prices, periods name items), so
-    they are one multi-asset; the lock keeps two syncs from interleaving their writes.
+    they are one multi-asset; the lock keeps two syncs from interleaving their writes. A read
+    that lost most of a kind at once is refused (``catalog_sync/plausibility.py``) and the last
+    good catalog stays, unless the run config accepts the loss.
     """
     settings = load_settings()
     gateway = stripe.gateway()
@@ -56,6 +78,22 @@ def stripe_catalog(
     synced_at = datetime.now(UTC)
     with warehouse.database.connect() as conn, conn.advisory_lock("metering.catalog_sync"):
         ensure_catalog_tables(conn)
+        previous, last_synced_at = read_catalog_ids(conn)
+        loss = catalog_loss(
+            previous,
+            catalog_ids(catalog, settings.customer_metadata_key),
+            settings.catalog_max_loss,
+        )
+        if loss.refused and not config.accept_catalog_loss:
+            raise dg.Failure(
+                description=refusal_message(loss, last_synced_at),
+                metadata={f"lost_{kind}": loss.lost_count(kind) for kind in KINDS},
+            )
+        if loss.losses:
+            context.log.warning(
+                f"Stripe no longer lists {loss.describe()}"
+                + ("; replaced anyway: accept_catalog_loss is set" if loss.refused else "")
+            )
         intervals = build_intervals(catalog, events, read_intervals(conn), synced_at)
         periods = billing_periods(intervals)
         counts = write_catalog(
@@ -82,6 +120,7 @@ def stripe_catalog(
             "customers": counts.customers,
             "unmapped_customers": counts.unmapped_customers,
             "metadata_key": settings.customer_metadata_key,
+            **{f"lost_{kind}": loss.lost_count(kind) for kind in KINDS},
         },
     )
     yield dg.MaterializeResult(
