@@ -79,8 +79,9 @@ def _advance(store: Store, params: dict, id: str) -> dict:
     clock, target = billing.advance_clock(store, store.get(id, "test_helpers.test_clock"), params)
 
     def finish() -> None:
-        billing.finish_advance(store, clock, target)
-        store.changed()
+        with store.lock:  # saved before any request can see the clock `ready`
+            billing.finish_advance(store, clock, target)
+            store.changed()
 
     threading.Thread(target=finish, daemon=True).start()
     return clock
