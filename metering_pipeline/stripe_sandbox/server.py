@@ -42,7 +42,7 @@ from .faults import Faults
 from .metering import check_session
 from .params import parse_form
 from .ratelimit import TokenBucket
-from .store import Store, decode, encode, write_atomically
+from .store import Store, dumps, loads, write_atomically
 
 API_VERSION = "2026-10-28.endive"
 IDEMPOTENCY_TTL = 24 * 3600
@@ -96,30 +96,39 @@ class Sandbox:
         if self.state_path is None:
             return
         with self.store.lock, self.guard:
-            data = {
-                "format": STATE_FORMAT,
-                "version": STATE_VERSION,
-                "store": self.store.snapshot(),
-                "idempotency": encode(self.idempotency),
-            }
-            write_atomically(self.state_path, data)
+            text = dumps(
+                {
+                    "format": STATE_FORMAT,
+                    "version": STATE_VERSION,
+                    "store": self.store.snapshot(),
+                    "idempotency": self.idempotency,
+                }
+            )
+            # still under the lock: saves land in order, and never share the temporary file
+            write_atomically(self.state_path, text)
 
     def _load(self, path: Path) -> None:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads(path.read_text(encoding="utf-8"))
             if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
                 raise ValueError(
                     f"format {data.get('format')!r} version {data.get('version')!r}, expected "
                     f"{STATE_FORMAT!r} version {STATE_VERSION}"
                 )
             self.store.restore(data["store"])
-            self.idempotency = decode(data["idempotency"])
+            self.idempotency = data["idempotency"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SandboxStateError(
                 f"The sandbox state file {path} cannot be loaded ({type(error).__name__}: "
                 f"{error}). Move it away to keep it, or start with `metering sandbox --fresh` "
                 "to begin with an empty sandbox."
             ) from None
+        # a clock stopped mid-advance finishes it, as Stripe's would have meanwhile
+        for clock in self.store.all("test_helpers.test_clock"):
+            if clock["status"] == "advancing":
+                target = clock["status_details"]["advancing"]["target_frozen_time"]
+                billing.finish_advance(self.store, clock, target)
+                self.save()
 
 
 def _error(error: StripeError, version: str) -> JSONResponse:

@@ -122,3 +122,30 @@ def test_unreadable_state_names_the_file_and_the_way_out(tmp_path):
     with pytest.raises(SandboxStateError) as caught:
         Sandbox(25.0, 3600, state)
     assert str(state) in str(caught.value) and "--fresh" in str(caught.value)
+
+
+def test_a_clock_stopped_mid_advance_finishes_it_on_restart(tmp_path):
+    """Killed between the advance's 200 and its end: the clock must not stay `advancing`."""
+    from metering_pipeline.stripe_sandbox import run_sandbox
+
+    state = tmp_path / "sandbox-state.json"
+    with run_sandbox(requests_per_second=1000, state_path=state) as handle:
+        client = stripe.StripeClient("sk_test_restart", base_addresses={"api": handle.url})
+        customer, clock = clocked_customer(client, NOV_5)
+        calls = meter(client, "api_calls")
+        subscribe(client, customer.id, metered_price(client, calls.id, unit_amount=2).id)
+        with handle.sandbox.store.lock:  # as if killed right after answering the advance
+            stored = handle.sandbox.store.objects[clock.id]
+            stored["status"] = "advancing"
+            stored["status_details"] = {"advancing": {"target_frozen_time": DEC_5 + 7200}}
+        handle.sandbox.save()
+    restarted = Sandbox(1000, 3600, state).store
+    assert restarted.objects[clock.id]["status"] == "ready"
+    assert restarted.objects[clock.id]["frozen_time"] == DEC_5 + 7200
+    # the period end it crossed ran: the subscription_cycle invoice exists and is finalized
+    cycle = [
+        obj
+        for obj in restarted.all("invoice")
+        if obj["customer"] == customer.id and obj["billing_reason"] == "subscription_cycle"
+    ]
+    assert [invoice["status"] for invoice in cycle] == ["paid"]  # no usage: a $0 invoice
