@@ -222,3 +222,20 @@ def test_a_late_answer_does_not_undo_a_rejection(duckdb_url, status):
         ]
         record_outcomes(conn, [("id-1", "sent", None)], now)
     assert _ledger(database) == {1: ("rejected", "x: y")}
+
+
+def test_the_cursor_rereads_an_overlap_so_a_late_visible_report_is_not_missed():
+    from metering_pipeline.billing.meter_errors import MeterErrorReport
+    from metering_pipeline.defs.automation.meter_errors import OVERLAP, ErrorsCursor
+
+    def report(event_id: str, minute: int) -> MeterErrorReport:
+        created = datetime(2026, 11, 20, 10, minute, tzinfo=UTC)
+        return MeterErrorReport(event_id, "t", created, None, "", None, None, 1, (), ())
+
+    first = ErrorsCursor.parse(ErrorsCursor().advance([report("a", 0), report("b", 30)]).dump())
+    assert first.query_from() == datetime(2026, 11, 20, 10, 30, tzinfo=UTC) - OVERLAP
+    assert first.seen == ["b"]  # "a" is older than the overlap: never read again
+    # "c" was created before "b" but became visible only now: read, and not seen yet
+    again = [report("b", 30), report("c", 25)]
+    assert [r.id for r in again if r.id not in first.seen] == ["c"]
+    assert first.advance(again).seen == ["b", "c"]
