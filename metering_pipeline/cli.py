@@ -5,15 +5,29 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import NoReturn
 
 from metering_pipeline.settings import SettingsError
+
+SANDBOX_STATE_FILE = "sandbox-state.json"
+
+
+def sandbox_state_path() -> Path:
+    """Where `metering sandbox` and `metering dev` keep the sandbox's objects by default."""
+    from metering_pipeline.settings import load_settings
+
+    return load_settings().home / SANDBOX_STATE_FILE
 
 
 def _sandbox(args: argparse.Namespace) -> None:
     from metering_pipeline.stripe_sandbox.server import serve
 
-    serve(host=args.host, port=args.port, requests_per_second=args.rate_limit)
+    state = args.state or sandbox_state_path()
+    if args.fresh and state.exists():
+        state.unlink()
+        print(f"Started fresh: removed {state}")
+    serve(host=args.host, port=args.port, requests_per_second=args.rate_limit, state_path=state)
 
 
 def _seed(args: argparse.Namespace) -> None:
@@ -53,8 +67,12 @@ def _dev(args: argparse.Namespace) -> None:
         if settings.uses_sandbox and not _listening(SANDBOX_DEFAULT_PORT):
             from metering_pipeline.stripe_sandbox import run_sandbox
 
-            stack.enter_context(run_sandbox(port=SANDBOX_DEFAULT_PORT))
-            print(f"Stripe sandbox on http://127.0.0.1:{SANDBOX_DEFAULT_PORT} (no STRIPE_API_KEY)")
+            state = sandbox_state_path()
+            stack.enter_context(run_sandbox(port=SANDBOX_DEFAULT_PORT, state_path=state))
+            print(
+                f"Stripe sandbox on http://127.0.0.1:{SANDBOX_DEFAULT_PORT} (no STRIPE_API_KEY), "
+                f"state in {state}"
+            )
         print(f"Dagster instance in {home}")
         subprocess.run([*command, *args.dagster_args], check=False)
 
@@ -169,11 +187,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     dev.add_argument("-p", "--port", type=int, default=3000, help="the UI's port (default 3000)")
     dev.set_defaults(handler=_dev, dagster_args=[])
 
-    sandbox = commands.add_parser("sandbox", help="serve the Stripe-compatible sandbox")
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve the Stripe-compatible sandbox",
+        description="Serve the Stripe-compatible sandbox. Like Stripe, it keeps every object "
+        "across restarts: the state is loaded from --state at start and written to it "
+        "(atomically) after every change. Use --fresh, or delete the file, to start empty.",
+    )
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=12111)
     sandbox.add_argument(
         "--rate-limit", type=float, default=25.0, help="requests per second before 429"
+    )
+    sandbox.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help=f"state file (default: $METERING_HOME/{SANDBOX_STATE_FILE}, i.e. "
+        f".metering/{SANDBOX_STATE_FILE}; `metering dev` uses the same one)",
+    )
+    sandbox.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the state file first and start with an empty sandbox",
     )
     sandbox.set_defaults(handler=_sandbox)
 

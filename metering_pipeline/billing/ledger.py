@@ -9,6 +9,9 @@ created for it, with a sequence number and a status:
   and timestamp: Stripe then either takes it or rejects the duplicate; both mean delivered.
 - ``failed``: Stripe's answer proved it was not recorded (a 4xx other than the duplicate).
   It never counts. An uncertain outcome (timeout, 5xx after the retry budget) must stay ``pending``.
+- ``rejected``: Stripe answered 200, then reported the event invalid (an error-report event
+  naming its identifier: unknown customer, bad value, no meter...). It never counts either, so
+  the next push sends the difference again under a new identifier.
 
 What "what Stripe counts" means depends on the meter formula:
 
@@ -31,7 +34,8 @@ from typing import Literal
 from metering_pipeline.billing.modes import PushFormula
 from metering_pipeline.billing.moments import as_utc
 
-EntryStatus = Literal["pending", "sent", "failed"]
+EntryStatus = Literal["pending", "sent", "failed", "rejected"]
+UNCOUNTED: tuple[EntryStatus, ...] = ("failed", "rejected")
 
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 STRIPE_MAX_EVENT_AHEAD = timedelta(minutes=5)
@@ -68,7 +72,8 @@ def plan_push(formula: PushFormula, desired: Decimal, entries: Sequence[LedgerEn
     ``last`` (None when nothing was sent yet). Call it under the key's lock, with every entry.
     """
     counted_entries = sorted(
-        (entry for entry in entries if entry.status != "failed"), key=lambda entry: entry.sequence
+        (entry for entry in entries if entry.status not in UNCOUNTED),
+        key=lambda entry: entry.sequence,
     )
     resend = tuple(entry for entry in counted_entries if entry.status == "pending")
     sequence = max((entry.sequence for entry in entries), default=0) + 1

@@ -28,6 +28,7 @@ from metering_pipeline.billing.catalog import Invoice, Price
 from metering_pipeline.billing.identifiers import idempotency_key
 from metering_pipeline.billing.ledger import (
     STRIPE_MAX_EVENT_AGE,
+    UNCOUNTED,
     LedgerEntry,
     event_timestamp,
     meter_value,
@@ -237,7 +238,7 @@ def _plan(
         if closed:
             late(counted, closed)
             continue
-        after = max((r.event_timestamp for r in rows if r.status != "failed"), default=None)
+        after = max((r.event_timestamp for r in rows if r.status not in UNCOUNTED), default=None)
         stamp = event_timestamp(
             key.window_start,
             _stamp_bound(key, now, after),

@@ -351,13 +351,35 @@ def insert_late(conn: Connection, rows: Sequence[LateRow], created_at: datetime)
 def record_outcomes(
     conn: Connection, outcomes: Iterable[tuple[str, str, str | None]], at: datetime
 ) -> None:
-    """``(identifier, status, error)`` after a delivery attempt; ``sent_at`` only when sent."""
+    """``(identifier, status, error)`` after a delivery attempt; ``sent_at`` only when sent.
+    An entry Stripe has meanwhile reported invalid stays ``rejected``: a late 200 is no news."""
     conn.executemany(
         f"update {LEDGER} set status = ?, attempts = attempts + 1, last_error = ?, "
         "sent_at = case when ? = 'sent' then cast(? as timestamptz) else sent_at end "
-        "where identifier = ?",
+        "where identifier = ? and status <> 'rejected'",
         [(status, error, status, at, identifier) for identifier, status, error in outcomes],
     )
+
+
+def mark_rejected(conn: Connection, rejections: Sequence[tuple[str, str]]) -> list[LedgerRow]:
+    """``(identifier, error)`` of meter events Stripe accepted and then reported invalid: their
+    entries become ``rejected`` (never counted, so the next push sends the usage again under a
+    new identifier) with the error in ``last_error``. Returns the entries found; identifiers
+    the ledger does not hold (events sent by something else) are left to the caller to name."""
+    if not rejections:
+        return []
+    with conn.advisory_lock(LOCK_KEY):
+        conn.executemany(
+            f"update {LEDGER} set status = 'rejected', last_error = ? where identifier = ?",
+            [(error, identifier) for identifier, error in rejections],
+        )
+        identifiers = sorted({identifier for identifier, _ in rejections})
+        rows = conn.fetchall(
+            f"select {_LEDGER_COLUMNS} from {LEDGER} "
+            f"where identifier in ({', '.join('?' * len(identifiers))}) order by created_at",
+            identifiers,
+        )
+    return [LedgerRow(*row[:8], Decimal(row[8]), *row[9:]) for row in rows]
 
 
 def record_invoice_items(

@@ -22,6 +22,7 @@ from metering_pipeline.billing.catalog import (
     SubscriptionItem,
     Tier,
 )
+from metering_pipeline.billing.meter_errors import MeterErrorReport, MeterEventError
 
 Obj = Mapping[str, Any]
 
@@ -117,6 +118,40 @@ def event(obj: Obj) -> StripeEvent:
         data_object=_json_safe(data["object"]),
         previous_attributes=_json_safe(previous) if previous is not None else None,
     )
+
+
+def meter_error_report(obj: Obj) -> MeterErrorReport:
+    """A v2 ``v1.billing.meter.error_report_triggered`` / ``no_meter_found`` event (the SDK's
+    typed event, as a dict). Stripe's API reference names the failed event in
+    ``sample_errors[].request.identifier``; the usage guide's example shows
+    ``request.idempotency_key`` instead: either is read, here and nowhere else."""
+    data = obj.get("data") or {}
+    reason = data.get("reason") or {}
+    counts, errors = [], []
+    for error_type in reason.get("error_types") or ():
+        code = error_type.get("code") or "unknown"
+        counts.append((code, int(error_type.get("error_count") or 0)))
+        for sample in error_type.get("sample_errors") or ():
+            request = sample.get("request") or {}
+            identifier = request.get("identifier") or request.get("idempotency_key") or None
+            errors.append(MeterEventError(code, sample.get("error_message") or "", identifier))
+    return MeterErrorReport(
+        id=obj["id"],
+        type=obj["type"],
+        created=_iso(obj["created"]),
+        meter_id=(obj.get("related_object") or {}).get("id"),
+        summary=data.get("developer_message_summary") or "",
+        validation_start=_iso(data.get("validation_start")),
+        validation_end=_iso(data.get("validation_end")),
+        error_count=int(reason.get("error_count") or sum(count for _, count in counts)),
+        counts=tuple(counts),
+        errors=tuple(errors),
+    )
+
+
+def _iso(value: str | None) -> datetime | None:
+    """A v2 timestamp (RFC 3339, ``Z``) as an aware datetime."""
+    return None if not value else datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def invoice(obj: Obj, lines: list[Obj]) -> Invoice:

@@ -27,6 +27,7 @@ import stripe
 
 from metering_pipeline.billing.catalog import Catalog, Invoice, StripeEvent
 from metering_pipeline.billing.ledger import meter_value
+from metering_pipeline.billing.meter_errors import METER_ERROR_EVENTS, MeterErrorReport
 from metering_pipeline.billing.moments import as_utc
 from metering_pipeline.settings import Settings
 from metering_pipeline.stripe_io import convert
@@ -171,6 +172,40 @@ class StripeGateway:
                 if not page.has_more:
                     break
         return [convert.event(event) for event in events]
+
+    def list_meter_error_reports(self, since: datetime | None) -> list[MeterErrorReport]:
+        """Stripe's reports of meter events it accepted then found invalid, created at or after
+        ``since`` (every retained one, 30 days, if None), oldest first, from the v2 events API
+        (``GET /v2/core/events``, paged by ``next_page_url``)."""
+        params: dict[str, Any] = {"types": list(METER_ERROR_EVENTS), "limit": PAGE_SIZE}
+        if since is not None:
+            params["created"] = {"gte": _rfc3339(since)}
+        operation = "list meter error reports"
+        page = self._call(
+            operation, CallContext(), lambda: self._client.v2.core.events.list(params=params)
+        )
+        events = list(page.data)
+        while page.next_page_url:
+            url = page.next_page_url
+            page = self._call(
+                operation,
+                CallContext(),
+                lambda url=url: self._client.deserialize(
+                    self._client.raw_request("get", url), api_mode="V2"
+                ),
+            )
+            events.extend(page.data)
+        reports = [convert.meter_error_report(event.to_dict()) for event in events]
+        return sorted(reports, key=lambda report: (report.created, report.id))
+
+    def meter_error_report(self, event_id: str) -> MeterErrorReport:
+        """One error-report event by id (``GET /v2/core/events/{id}``)."""
+        event = self._call(
+            "read meter error report",
+            CallContext(),
+            lambda: self._client.v2.core.events.retrieve(event_id),
+        )
+        return convert.meter_error_report(event.to_dict())
 
     def meter_event_summaries(
         self, meter_id: str, customer: str, start: datetime, end: datetime, *, meter: str = ""
@@ -441,6 +476,12 @@ class StripeGateway:
             "Nothing was recorded; correct the data or the Stripe setup named above and run again",
             **common,
         )
+
+
+def _rfc3339(moment: datetime) -> str:
+    """A v2 API timestamp: UTC, milliseconds, ``Z``."""
+    utc = as_utc(moment, "since")
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def _duplicate_identifier(error: stripe.StripeError) -> bool:

@@ -77,9 +77,13 @@ def _events(store: Store, params: dict) -> dict:
 
 def _advance(store: Store, params: dict, id: str) -> dict:
     clock, target = billing.advance_clock(store, store.get(id, "test_helpers.test_clock"), params)
-    threading.Thread(
-        target=billing.finish_advance, args=(store, clock, target), daemon=True
-    ).start()
+
+    def finish() -> None:
+        with store.lock:  # saved before any request can see the clock `ready`
+            billing.finish_advance(store, clock, target)
+            store.changed()
+
+    threading.Thread(target=finish, daemon=True).start()
     return clock
 
 
@@ -222,4 +226,6 @@ ROUTES: list[tuple[str, str, object]] = [
     # events
     ("GET", "/v1/events", _events),
     ("GET", "/v1/events/{id}", _retrieve("event")),
+    ("GET", "/v2/core/events", lambda s, p: metering.list_v2_events(s, p)),
+    ("GET", "/v2/core/events/{id}", metering.retrieve_v2_event),
 ]

@@ -3,6 +3,10 @@
 Every API request goes through the same gate, in Stripe's order: API key, rate limit,
 idempotency key, then the handler under the store's lock. An outer ASGI layer counts requests
 and injects the faults configured through `/_sandbox/faults`.
+
+With a state file, every request that may have changed something (any non-GET, or a GET that
+ran a due period end) is written to it before its answer leaves: what the sandbox acknowledged
+survives a restart or a kill, as it does at Stripe.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qsl
 
 import httpx
@@ -37,18 +42,33 @@ from .faults import Faults
 from .metering import check_session
 from .params import parse_form
 from .ratelimit import TokenBucket
-from .store import Store
+from .store import Store, dumps, loads, write_atomically
 
 API_VERSION = "2026-10-28.endive"
 IDEMPOTENCY_TTL = 24 * 3600
 KEY_PREFIXES = ("sk_test_", "rk_test_")
+STATE_FORMAT = "metering-stripe-sandbox-state"
+STATE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-class Sandbox:
-    """One sandbox instance: state, rate limit, idempotency records and faults."""
+class SandboxStateError(RuntimeError):
+    """The state file cannot be read back; the message names the file and the way out."""
 
-    def __init__(self, requests_per_second: float, finalization_grace_seconds: int) -> None:
+
+class Sandbox:
+    """One sandbox instance: state, rate limit, idempotency records and faults.
+
+    With ``state_path`` the state (objects, meter events, events, test clocks, idempotency
+    records, sessions) is loaded from that file at start and rewritten after each change;
+    without it the sandbox lives in memory only (the test fixture's default)."""
+
+    def __init__(
+        self,
+        requests_per_second: float,
+        finalization_grace_seconds: int,
+        state_path: Path | None = None,
+    ) -> None:
         self.store = Store(finalization_grace_seconds)
         billing.install_renderers(self.store)
         self.bucket = TokenBucket(requests_per_second)
@@ -57,6 +77,11 @@ class Sandbox:
         self.in_flight: set[tuple[str, str]] = set()
         self.keys_in_flight: set[str] = set()
         self.guard = threading.Lock()
+        self.state_path = state_path
+        if state_path is not None:
+            self.store.saver = self.save
+            if state_path.exists():
+                self._load(state_path)
 
     def reset(self) -> None:
         self.store.reset()
@@ -64,6 +89,46 @@ class Sandbox:
         self.faults.reset_stats()
         with self.guard:
             self.idempotency.clear()
+        self.save()
+
+    def save(self) -> None:
+        """Write the whole state to the state file, atomically (no-op without one)."""
+        if self.state_path is None:
+            return
+        with self.store.lock, self.guard:
+            text = dumps(
+                {
+                    "format": STATE_FORMAT,
+                    "version": STATE_VERSION,
+                    "store": self.store.snapshot(),
+                    "idempotency": self.idempotency,
+                }
+            )
+            # still under the lock: saves land in order, and never share the temporary file
+            write_atomically(self.state_path, text)
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = loads(path.read_text(encoding="utf-8"))
+            if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
+                raise ValueError(
+                    f"format {data.get('format')!r} version {data.get('version')!r}, expected "
+                    f"{STATE_FORMAT!r} version {STATE_VERSION}"
+                )
+            self.store.restore(data["store"])
+            self.idempotency = data["idempotency"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SandboxStateError(
+                f"The sandbox state file {path} cannot be loaded ({type(error).__name__}: "
+                f"{error}). Move it away to keep it, or start with `metering sandbox --fresh` "
+                "to begin with an empty sandbox."
+            ) from None
+        # a clock stopped mid-advance finishes it, as Stripe's would have meanwhile
+        for clock in self.store.all("test_helpers.test_clock"):
+            if clock["status"] == "advancing":
+                target = clock["status_details"]["advancing"]["target_frozen_time"]
+                billing.finish_advance(self.store, clock, target)
+                self.save()
 
 
 def _error(error: StripeError, version: str) -> JSONResponse:
@@ -108,7 +173,7 @@ async def _params(request: Request) -> dict:
     if request.url.path.startswith("/v2/"):
         raw = await request.body()
         if request.method == "GET" or not raw:
-            return dict(request.query_params)
+            return parse_form(list(request.query_params.multi_items()))
         try:
             body = json.loads(raw)
         except ValueError:
@@ -190,7 +255,7 @@ def _endpoint(sandbox: Sandbox, handler):
             delay = request.scope.get("sandbox_delay")
             if delay:
                 await asyncio.sleep(delay)
-            status, body, headers, saved = await run_in_threadpool(
+            status, body, headers, saved, changed = await run_in_threadpool(
                 _execute, sandbox, handler, params, request.path_params
             )
             if key and saved:
@@ -202,6 +267,8 @@ def _endpoint(sandbox: Sandbox, handler):
                         "headers": headers,
                         "at": time.time(),
                     }
+            if changed or request.method != "GET":
+                await run_in_threadpool(sandbox.save)
         finally:
             with sandbox.guard:
                 sandbox.in_flight.discard(slot)
@@ -239,18 +306,25 @@ def _replay(sandbox: Sandbox, key: str, fingerprint: str, version: str) -> Respo
 
 
 def _execute(sandbox: Sandbox, handler, params: dict, path_params: dict):
-    """Run a handler under the store's lock; returns (status, body, headers, saved)."""
+    """Run a handler under the store's lock; returns (status, body, headers, saved, changed),
+    ``changed`` when a period end or another scheduled action ran (it emits events)."""
     store = sandbox.store
     with store.lock:
+        events_before = len(store.events)
         try:
             billing.run_due(store, None, int(time.time()))
             result = handler(store, params, **path_params)
-            if not (result.get("object") in ("list", "search_result") or "deleted" in result):
+            if not (
+                result.get("object") in ("list", "search_result")
+                or "deleted" in result
+                or "next_page_url" in result
+            ):
                 expand = params.get("expand") if isinstance(params.get("expand"), list) else []
                 result = store.render(result, expand)
-            return 200, result, {}, True
+            return 200, result, {}, True, len(store.events) != events_before
         except StripeError as error:
-            return error.status, error.body(), error.headers(), error.saved
+            changed = len(store.events) != events_before
+            return error.status, error.body(), error.headers(), error.saved, changed
         except Exception:
             log.error("sandbox handler failed:\n%s", traceback.format_exc())
             error = StripeError(
@@ -258,7 +332,7 @@ def _execute(sandbox: Sandbox, handler, params: dict, path_params: dict):
                 status=500,
                 type="api_error",
             )
-            return 500, error.body(), {}, True
+            return 500, error.body(), {}, True, True
 
 
 def _control_routes(sandbox: Sandbox) -> list[Route]:
@@ -353,9 +427,11 @@ def _close_connection(send) -> None:
 
 
 def build_app(
-    requests_per_second: float = 25.0, finalization_grace_seconds: int = 3600
+    requests_per_second: float = 25.0,
+    finalization_grace_seconds: int = 3600,
+    state_path: Path | None = None,
 ) -> tuple[FaultLayer, Sandbox]:
-    sandbox = Sandbox(requests_per_second, finalization_grace_seconds)
+    sandbox = Sandbox(requests_per_second, finalization_grace_seconds, state_path)
     routes = _control_routes(sandbox) + [
         Route(path, _endpoint(sandbox, handler), methods=[method])
         for method, path, handler in ROUTES
@@ -411,10 +487,14 @@ class SandboxHandle:
 
 @contextmanager
 def run_sandbox(
-    requests_per_second: float = 25.0, finalization_grace_seconds: int = 3600, port: int = 0
+    requests_per_second: float = 25.0,
+    finalization_grace_seconds: int = 3600,
+    port: int = 0,
+    state_path: Path | None = None,
 ) -> Iterator[SandboxHandle]:
-    """A fresh sandbox on a loopback port (a free one by default), served from a thread."""
-    app, sandbox = build_app(requests_per_second, finalization_grace_seconds)
+    """A sandbox on a loopback port (a free one by default), served from a thread: fresh and
+    in memory, or loaded from and saved to ``state_path``."""
+    app, sandbox = build_app(requests_per_second, finalization_grace_seconds, state_path)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
@@ -438,8 +518,16 @@ def run_sandbox(
         sock.close()
 
 
-def serve(host: str = "127.0.0.1", port: int = 12111, requests_per_second: float = 25.0) -> None:
-    """`metering sandbox`: serve until interrupted."""
-    app, _ = build_app(requests_per_second)
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 12111,
+    requests_per_second: float = 25.0,
+    state_path: Path | None = None,
+) -> None:
+    """`metering sandbox`: serve until interrupted, keeping the state in ``state_path``."""
+    app, sandbox = build_app(requests_per_second, state_path=state_path)
     print(f"Stripe sandbox on http://{host}:{port} (any sk_test_/rk_test_ key; control: /_sandbox)")
+    if state_path is not None:
+        kept = len(sandbox.store.objects)
+        print(f"State in {state_path} ({kept} objects loaded; saved after every change)")
     uvicorn.run(app, host=host, port=port, log_level="info")

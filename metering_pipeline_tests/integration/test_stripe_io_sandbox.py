@@ -200,13 +200,24 @@ def test_faults_do_not_change_what_stripe_counts(
     assert 0 < outcomes.count("already_delivered") <= injected["drop_response"]
 
 
-def test_unknown_customer_is_rejected_with_its_name(gateway: StripeGateway, billing: dict) -> None:
+def test_a_rejected_meter_event_names_its_customer(gateway: StripeGateway, billing: dict) -> None:
+    too_old = datetime.now(UTC) - timedelta(days=40)  # Stripe answers 400 at once
     with pytest.raises(StripeRejectedError) as raised:
-        gateway.send_meter_event(
-            "api_calls", "cus_missing", Decimal(1), datetime.now(UTC), "mp_x_1"
-        )
-    assert "cus_missing" in str(raised.value)
+        gateway.send_meter_event("api_calls", "cus_missing", Decimal(1), too_old, "mp_x_1")
+    assert "cus_missing" in str(raised.value) and "35 days" in str(raised.value)
     assert KEY not in str(raised.value)
+    # an unknown customer is accepted (200) and reported afterwards, as Stripe does
+    now = datetime.now(UTC)
+    assert gateway.send_meter_event("api_calls", "cus_missing", Decimal(1), now, "mp_x_2") == "sent"
+    [report] = [
+        r
+        for r in gateway.list_meter_error_reports(None)
+        if "mp_x_2" in {e.identifier for e in r.errors}
+    ]
+    assert [(e.code, e.identifier) for e in report.errors] == [
+        ("meter_event_customer_not_found", "mp_x_2")
+    ]
+    assert gateway.meter_error_report(report.id) == report
 
 
 def test_list_events_follows_a_cursor_oldest_first(

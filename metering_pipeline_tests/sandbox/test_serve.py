@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_metering_sandbox_command_serves_the_api():
+def test_metering_sandbox_command_serves_the_api(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
@@ -25,6 +26,7 @@ def test_metering_sandbox_command_serves_the_api():
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "METERING_HOME": str(tmp_path)},  # its state file goes there
     )
     try:
         deadline = time.monotonic() + 20
@@ -43,4 +45,5 @@ def test_metering_sandbox_command_serves_the_api():
         process.terminate()
         output, _ = process.communicate(timeout=10)
     assert f"Stripe sandbox on {url}" in output
+    assert (tmp_path / "sandbox-state.json").exists()
     assert "sk_test_cli" not in output  # the key is never logged

@@ -10,11 +10,27 @@ from metering_pipeline.defs.automation.jobs import (
     stripe_catalog_sync,
 )
 from metering_pipeline.defs.automation.late_rows import late_usage_rows
+from metering_pipeline.defs.automation.meter_errors import (
+    meter_event_rejections,
+    stripe_meter_errors,
+)
 from metering_pipeline.defs.automation.schedules import hourly_usage_schedule
 from metering_pipeline.defs.automation.stripe_events import stripe_events
 
 defs = dg.Definitions(
-    jobs=[hourly_usage, stripe_catalog_sync, period_reconciliation, customer_final_push],
+    jobs=[
+        hourly_usage,
+        stripe_catalog_sync,
+        period_reconciliation,
+        customer_final_push,
+        meter_event_rejections,
+    ],
     schedules=[hourly_usage_schedule],
-    sensors=[late_usage_rows, stripe_events, run_failure_alert, check_failure_alert],
+    sensors=[
+        late_usage_rows,
+        stripe_events,
+        stripe_meter_errors,
+        run_failure_alert,
+        check_failure_alert,
+    ],
 )

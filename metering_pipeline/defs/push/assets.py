@@ -66,7 +66,8 @@ def _metadata(report: PushReport, stripe_stats: dict[str, float | int]) -> dict:
 @dg.asset_check(asset=stripe_meter_events)
 def meter_events_delivered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     """Every ledger entry is acknowledged by Stripe. ``pending`` entries are re-sent by the next
-    push; ``failed`` ones were refused and need the fix their error names."""
+    push; ``failed`` ones were refused, ``rejected`` ones reported invalid after a 200 (Stripe's
+    error reports): both need the fix their error names."""
     with warehouse.database.connect() as conn:
         ensure_push_tables(conn)
         rows = conn.fetchall(
@@ -78,7 +79,8 @@ def meter_events_delivered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
             f"from {LEDGER} where status <> 'sent' order by created_at limit 20"
         )
     counts = {status: count for status, count, _ in rows}
-    severity = dg.AssetCheckSeverity.ERROR if counts.get("failed") else dg.AssetCheckSeverity.WARN
+    refused = counts.get("failed") or counts.get("rejected")
+    severity = dg.AssetCheckSeverity.ERROR if refused else dg.AssetCheckSeverity.WARN
     table = "\n".join(
         f"| {customer} | {meter} | {start:%Y-%m-%d} | {sequence} | {status} | {error or ''} |"
         for customer, meter, start, sequence, status, error in examples
@@ -89,6 +91,7 @@ def meter_events_delivered(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         metadata={
             "pending": counts.get("pending", 0),
             "failed": counts.get("failed", 0),
+            "rejected": counts.get("rejected", 0),
             "undelivered": dg.MetadataValue.md(
                 "| customer | meter | period | seq | status | last error |\n"
                 "|---|---|---|---|---|---|\n" + table
