@@ -22,11 +22,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.instance.config import dagster_instance_config
 
+from metering_pipeline.defs.automation.jobs import PERIOD_TAG, WAREHOUSE_TAG
 from metering_pipeline.instance import INSTANCE_TEMPLATE
 from metering_pipeline_tests.reliability import pool_holder
 
 REPO = Path(__file__).resolve().parents[2]
+DEPLOYED_INSTANCE = REPO / "deploy" / "postgres" / "dagster.yaml"
 BIN = Path(sys.executable).parent
 LOCATION = ["-m", pool_holder.__name__]
 DEADLINE_SECONDS = 60.0
@@ -139,3 +142,35 @@ def test_a_killed_push_is_failed_its_slot_freed_and_the_next_push_runs(daemon_ho
     assert not [slot.run_id for slot in info.claimed_slots]
     print(f"killed push failed {failed_seconds:.1f} s after the kill; the next push was done "
           f"{recovered_seconds:.1f} s after it")  # fmt: skip
+
+
+def _validated(config: Path) -> dict:
+    """The instance config as Dagster reads it, checked against Dagster's schema."""
+    values, _ = dagster_instance_config(str(config.parent), config.name)
+    return dict(values)
+
+
+def test_local_and_deployed_instances_enforce_the_same_limits_and_monitor_runs(monkeypatch):
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql://dagster@127.0.0.1:5432/dagster")
+    local, deployed = _validated(INSTANCE_TEMPLATE), _validated(DEPLOYED_INSTANCE)
+
+    for config in (local, deployed):
+        limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+        assert {limit["key"] for limit in limits} == {WAREHOUSE_TAG, PERIOD_TAG}
+        assert all(limit["limit"] == 1 for limit in limits)
+        assert config["concurrency"]["pools"]["default_limit"] == 1
+        monitoring = config["run_monitoring"]
+        assert monitoring["enabled"] is True
+        # A dead run's slot is free within a minute (the daemon polls, then waits this long).
+        assert (
+            monitoring["poll_interval_seconds"] + monitoring["free_slots_after_run_end_seconds"]
+            <= 60
+        )
+        # The default launcher cannot resume runs; Dagster refuses the instance otherwise.
+        assert monitoring["max_resume_run_attempts"] == 0
+    assert (
+        local["concurrency"]["runs"]["tag_concurrency_limits"]
+        == deployed["concurrency"]["runs"]["tag_concurrency_limits"]
+    )
+    assert local["concurrency"]["pools"] == deployed["concurrency"]["pools"]
+    assert local["run_monitoring"] == deployed["run_monitoring"]
