@@ -25,7 +25,8 @@ import pytest
 from dagster._core.instance.config import dagster_instance_config
 
 from metering_pipeline.defs.automation.jobs import PERIOD_TAG, WAREHOUSE_TAG
-from metering_pipeline.instance import INSTANCE_TEMPLATE
+from metering_pipeline.instance import INSTANCE_TEMPLATE, prepare_dagster_home
+from metering_pipeline.settings import load_settings
 from metering_pipeline_tests.reliability import pool_holder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,3 +175,13 @@ def test_local_and_deployed_instances_enforce_the_same_limits_and_monitor_runs(m
     )
     assert local["concurrency"]["pools"] == deployed["concurrency"]["pools"]
     assert local["run_monitoring"] == deployed["run_monitoring"]
+
+
+def test_an_existing_instance_without_run_monitoring_is_called_out(tmp_path, monkeypatch):
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.delenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", raising=False)
+    with pytest.warns(UserWarning, match="does not enable run_monitoring"):
+        prepare_dagster_home(load_settings({"METERING_HOME": str(tmp_path)}))
