@@ -35,7 +35,12 @@ from metering_pipeline.defs.quality.checks import (
     partition_level_quality,
 )
 from metering_pipeline.defs.reconcile.assets import billing_period_reconciliation
-from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
+from metering_pipeline.defs.resources import (
+    SourceResource,
+    StripeResource,
+    WarehouseResource,
+    from_environment,
+)
 from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
 from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.defs.transform.project import dbt_resource
@@ -181,7 +186,9 @@ class _Stage:
     @property
     def resources(self) -> dict:
         return {
-            "warehouse": WarehouseResource(url=self.settings.warehouse_url),
+            "warehouse": WarehouseResource(
+                url=from_environment("METERING_WAREHOUSE_URL", self.settings.warehouse_url)
+            ),
             "source": SourceResource(url=self.source_url),
             "dbt": dbt_resource(),
             "stripe": self.stripe,

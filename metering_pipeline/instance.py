@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
+
+import yaml
 
 from metering_pipeline.settings import Settings
 
@@ -23,6 +26,13 @@ def prepare_dagster_home(settings: Settings) -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         shutil.copyfile(INSTANCE_TEMPLATE, config)
+    elif not (yaml.safe_load(config.read_text()) or {}).get("run_monitoring", {}).get("enabled"):
+        warnings.warn(
+            f"{config} does not enable run_monitoring: a run killed mid-push would hold the "
+            f"stripe_push pool slot until freed by hand. Copy the run_monitoring section of "
+            f"{INSTANCE_TEMPLATE} into it (or delete it to get the current template).",
+            stacklevel=2,
+        )
     os.environ["DAGSTER_HOME"] = str(home)
     os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     return home

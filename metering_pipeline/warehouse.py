@@ -18,6 +18,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pyarrow as pa
+from filelock import FileLock, Timeout
 
 from metering_pipeline.settings import duckdb_path, url_kind
 
@@ -55,6 +56,34 @@ class WarehouseBusyError(RuntimeError):
     """The DuckDB warehouse stayed locked by another process for longer than we wait."""
 
 
+@contextmanager
+def warehouse_lock(url: str, wait_seconds: float = DUCKDB_LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold a DuckDB warehouse for this process; a no-op on PostgreSQL.
+
+    Every pipeline connection and every dbt invocation takes this lock (a file beside the
+    database), so overlapping runs queue for the file in turn instead of failing on DuckDB's own
+    lock ("Could not set lock on file"), which dbt does not wait for. Re-entrant in a thread.
+    """
+    if url_kind(url, "database URL") != "duckdb":
+        yield
+        return
+    path = duckdb_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock", is_singleton=True)
+    try:
+        lock.acquire(timeout=wait_seconds)
+    except Timeout:
+        raise WarehouseBusyError(
+            f"The DuckDB file {path} stayed in use by another run for {wait_seconds:.0f} s (lock "
+            f"{path}.lock). DuckDB allows one writer at a time: let the other run finish and "
+            "retry, or use PostgreSQL (METERING_WAREHOUSE_URL) for concurrent runs."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @dataclass(frozen=True)
 class Database:
     """A DuckDB file or a PostgreSQL database, addressed by URL."""
@@ -74,18 +103,17 @@ class Database:
     def connect(self) -> Iterator[Connection]:
         """A connection that commits on success and rolls back on error."""
         if self.kind == "duckdb":
-            path = duckdb_path(self.url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            raw = _open_duckdb(path, self.lock_wait_seconds)
-            try:
-                raw.execute("begin")
-                yield Connection(raw, "duckdb")
-                raw.execute("commit")
-            except BaseException:
-                raw.execute("rollback")
-                raise
-            finally:
-                raw.close()
+            with warehouse_lock(self.url, self.lock_wait_seconds):
+                raw = _open_duckdb(duckdb_path(self.url), self.lock_wait_seconds)
+                try:
+                    raw.execute("begin")
+                    yield Connection(raw, "duckdb")
+                    raw.execute("commit")
+                except BaseException:
+                    raw.execute("rollback")
+                    raise
+                finally:
+                    raw.close()
         else:
             with psycopg.connect(self.postgres_conninfo) as raw:
                 yield Connection(raw, "postgres")

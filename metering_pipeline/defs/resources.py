@@ -1,6 +1,14 @@
-"""Resources shared by every domain: the warehouse, the source, and Stripe."""
+"""Resources shared by every domain: the warehouse, the source, and Stripe.
+
+Dagster stores every configured resource value (defaults included) in each run's job snapshot,
+so the code location never configures a URL or key by value: the URLs are ``dg.EnvVar``s
+(Dagster stores the variable's name and reads the value when the run starts) and the Stripe key
+is read from the settings inside the run.
+"""
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 
@@ -48,12 +56,21 @@ class StripeResource(dg.ConfigurableResource):
         )
 
 
+def from_environment(variable: str, default: str) -> str:
+    """``dg.EnvVar(variable)`` when the variable is set, so only its name is stored; else the
+    settings' default, a file path under METERING_HOME that holds no secret."""
+    return dg.EnvVar(variable) if os.environ.get(variable) else default
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """The code location's resources; ``load_settings`` validates the values first."""
     settings = load_settings()
     return {
-        "warehouse": WarehouseResource(url=settings.warehouse_url),
+        "warehouse": WarehouseResource(
+            url=from_environment("METERING_WAREHOUSE_URL", settings.warehouse_url)
+        ),
         "source": SourceResource(
-            url=settings.source_url,
+            url=from_environment("METERING_SOURCE_URL", settings.source_url),
             directory=str(settings.source_dir) if settings.source_dir else None,
         ),
         "stripe": StripeResource(),

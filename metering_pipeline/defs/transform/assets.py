@@ -17,6 +17,7 @@ from metering_pipeline.defs.transform.project import (
     prepare_manifest,
     warehouse_environment,
 )
+from metering_pipeline.warehouse import warehouse_lock
 
 
 class MeteringTranslator(DagsterDbtTranslator):
@@ -41,17 +42,20 @@ def usage_models(
     """One ``dbt build`` for the run's whole partition window, however many hours it holds.
 
     A single-run backfill of a month is one invocation; each incremental model deletes the
-    window before inserting it, so running the same hours again replaces them.
+    window before inserting it, so running the same hours again replaces them. dbt holds the
+    warehouse lock for the whole invocation: on DuckDB an overlapping run waits for it here
+    instead of failing inside dbt.
     """
     window = context.partition_time_window
     dbt_vars = {
         "min_date": window.start.astimezone(UTC).isoformat(),
         "max_date": window.end.astimezone(UTC).isoformat(),
     }
-    with warehouse_environment(warehouse.url):
-        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
-    with contextlib.redirect_stdout(DbtLogLines(context.log)):
-        yield from invocation.stream()
+    with warehouse_lock(warehouse.url):
+        with warehouse_environment(warehouse.url):
+            invocation = dbt.cli(["build", "--vars", json.dumps(dbt_vars)], context=context)
+        with contextlib.redirect_stdout(DbtLogLines(context.log)):
+            yield from invocation.stream()
 
 
 class DbtLogLines(io.TextIOBase):
