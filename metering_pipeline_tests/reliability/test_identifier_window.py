@@ -27,7 +27,9 @@ from metering_pipeline_tests.integration.test_push_world import (
 from metering_pipeline_tests.sandbox.support import advance, ts
 
 HOUR = 3600
-DROP_ANSWERS = [{"path_prefix": "/v1/billing/meter_events", "method": "POST", "action": "drop_response"}]  # fmt: skip
+DROP_ANSWERS = [
+    {"path_prefix": "/v1/billing/meter_events", "method": "POST", "action": "drop_response"}
+]
 
 
 class _UnreachableFor(StripeGateway):

@@ -18,7 +18,9 @@ from metering_pipeline_tests.integration.test_push_world import (
     seeded_events,
 )
 
-ENDPOINT_DOWN = [{"path_prefix": "/v1/billing/meter_events", "method": "POST", "action": "status", "status": 503}]  # fmt: skip
+ENDPOINT_DOWN = [
+    {"path_prefix": "/v1/billing/meter_events", "method": "POST", "action": "status", "status": 503}
+]
 
 
 def test_undelivered_usage_fails_the_run_and_alerts_and_the_next_run_delivers_it(
