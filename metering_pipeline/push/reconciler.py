@@ -84,7 +84,7 @@ from metering_pipeline.stripe_io import (
     StripeRejectedError,
     StripeUnavailableError,
 )
-from metering_pipeline.warehouse import Database
+from metering_pipeline.warehouse import Connection, Database
 
 _SECOND = timedelta(seconds=1)
 _MINUTE = timedelta(minutes=1)
@@ -257,7 +257,7 @@ def push_usage(
 
 
 def _recheck_pending(
-    conn,
+    conn: Connection,
     gateway: StripeGateway,
     facts: _StripeFacts,
     ledger: list[LedgerRow],
@@ -295,12 +295,15 @@ def _recheck_pending(
             f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}, "
             f"entries {', '.join(row.identifier for row in old)}"
         )
-        if any(verdict != "verify" for _, verdict in rows):
+        cover = (_floor_minute(start), _ceil_minute(end))
+        events = read_events_of(conn, customer, meter, *cover)
+        unsettled = any(now - (row.attempted_at or row.created_at) < settle for row in events)
+        if unsettled or any(verdict != "verify" for _, verdict in rows):
             report.problems.append(
                 f"{where}: first sent over {IDENTIFIER_SAFE_AGE} ago, so Stripe may have forgotten "
                 "their identifiers; they are not re-sent. Stripe's summaries decide instead once "
-                f"they have settled ({settle} after the last attempt) and the key has no younger "
-                "pending entry: run the push again later"
+                f"they have settled ({settle} after the last send for this meter and period) and "
+                "no younger entry is pending there: run the push again later"
             )
             continue
         known = meters.get(meter)
@@ -312,12 +315,9 @@ def _recheck_pending(
             result.blocked.add((customer, meter, start))
             continue
         meter_id, formula = known
-        cover = (_floor_minute(start), _ceil_minute(end))
         held = gateway.meter_event_summaries(meter_id, customer, *cover, meter=meter)
         acknowledged = [
-            HeldEvent(row.value, row.event_timestamp)
-            for row in read_events_of(conn, customer, meter, *cover)
-            if row.status == "sent"
+            HeldEvent(row.value, row.event_timestamp) for row in events if row.status == "sent"
         ]
         uncertain = [HeldEvent(row.value, row.event_timestamp) for row in old]
         verdict = verify_expired(formula, acknowledged, uncertain, held)  # type: ignore[arg-type]
