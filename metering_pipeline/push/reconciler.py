@@ -88,6 +88,7 @@ from metering_pipeline.warehouse import Connection, Database
 
 _SECOND = timedelta(seconds=1)
 _MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
 _RECORD_BATCH = 50
 _SENDERS = 4
 
@@ -300,9 +301,11 @@ def _recheck_pending(
         unsettled = any(now - (row.attempted_at or row.created_at) < settle for row in events)
         if unsettled or any(verdict != "verify" for _, verdict in rows):
             report.problems.append(
-                f"{where}: first sent over {IDENTIFIER_SAFE_AGE} ago, so Stripe may have forgotten "
-                "their identifiers; they are not re-sent. Stripe's summaries decide instead once "
-                f"they have settled ({settle} after the last send for this meter and period) and "
+                f"{where}: first sent over {IDENTIFIER_SAFE_AGE / _HOUR:g} h ago, so Stripe may "
+                "have forgotten their identifiers; they are not re-sent. Stripe's summaries "
+                "decide instead once "
+                f"they have settled ({settle / _MINUTE:g} min after the last send for this meter "
+                "and period) and "
                 "no younger entry is pending there: run the push again later"
             )
             continue

@@ -88,24 +88,38 @@ def test_entries_past_the_identifier_window_are_checked_against_stripe_never_res
     for customer, clock in zip(world.customers, world.clocks, strict=True):
         hours = {c23: 23, week: 7 * 24}.get(customer, 25)
         advance(stripe_client, clock, CLOCK_NOW + hours * HOUR)
+    gateway = StripeGateway(SANDBOX_API_KEY, stripe_sandbox.url, stripe_sandbox.url, 1000.0, 0)
     before = calls(stripe_sandbox)
+
+    # right away: 23 h is still inside the window, so that entry is re-sent with its identifier
+    # (a duplicate: delivered once); the older ones wait until Stripe's summaries have settled
+    early = push_usage(
+        Database(world.url),
+        gateway,
+        late_usage_policy="hold",
+        finalization_grace=timedelta(hours=1),
+        meter_units=units,
+    )
+    assert calls(stripe_sandbox) - before == 1 and early.already_delivered == 1
+    assert early.pending == 4 and early.verified_delivered == early.superseded == 0
+    assert sum("run the push again later" in problem for problem in early.problems) == 4
+    assert world.stripe_totals() == {**usage, lost: Decimal(0), foreign: usage[foreign] + 77}
 
     # the sandbox's summaries are consistent at once: no need to wait for them to settle
     second = push_usage(
         Database(world.url),
-        StripeGateway(SANDBOX_API_KEY, stripe_sandbox.url, stripe_sandbox.url, 1000.0, 0),
+        gateway,
         late_usage_policy="hold",
         finalization_grace=timedelta(hours=1),
         meter_units=units,
         summaries_settle=timedelta(0),
     )
 
-    # 23 h: re-sent with its identifier, which Stripe still knows: a duplicate, delivered once.
     # 25 h and a week: Stripe's summaries show the event, so it is marked delivered, not re-sent.
     # never received: superseded, and the usage goes out once under a new identifier.
     assert world.stripe_totals() == {**usage, foreign: usage[foreign] + 77}
     assert calls(stripe_sandbox) - before == 2
-    assert (second.already_delivered, second.verified_delivered) == (1, 2)
+    assert (second.already_delivered, second.verified_delivered) == (0, 2)
     assert (second.superseded, second.events_sent) == (1, 1)
     rows = query(
         world.url,
