@@ -19,6 +19,7 @@ SANDBOX_DEFAULT_PORT = 12111
 SANDBOX_API_KEY = "sk_test_metering_sandbox"
 LATE_USAGE_POLICIES = ("hold", "invoice_item", "write_off")
 AGGREGATION_MODES = ("sum", "count", "max", "last_during_period", "last_ever")
+UNIT_ROUNDINGS = ("half_up", "half_even", "up", "down", "exact")
 
 
 class SettingsError(ValueError):
@@ -58,6 +59,7 @@ class Settings:
     uses_sandbox: bool
     customer_metadata_key: str
     meter_modes: Mapping[str, str]
+    meter_units: Mapping[str, tuple[int, str]]
     partitions_start: str
     reconciliation_threshold: Decimal
     late_usage_policy: str
@@ -175,6 +177,27 @@ def _meter_modes(raw: str) -> dict[str, str]:
     return dict(pairs)
 
 
+def _meter_units(raw: str) -> dict[str, tuple[int, str]]:
+    """Parse ``event_name=scale[:rounding],...`` (e.g. ``storage_gb=1000:half_up``)."""
+    units: dict[str, tuple[int, str]] = {}
+    for item in filter(str.strip, raw.split(",")):
+        name, sep, spec = item.partition("=")
+        scale, _, rounding = spec.strip().partition(":")
+        rounding = rounding.strip() or "half_up"
+        if not sep or not name.strip() or not scale.strip().isdigit() or int(scale) < 1:
+            raise SettingsError(
+                f"METERING_METER_UNITS entry {item!r} must look like event_name=scale[:rounding] "
+                "with a whole scale >= 1, e.g. storage_gb=1000:half_up"
+            )
+        if rounding not in UNIT_ROUNDINGS:
+            raise SettingsError(
+                f"METERING_METER_UNITS gives meter {name.strip()!r} the rounding {rounding!r}; "
+                f"choose one of {', '.join(UNIT_ROUNDINGS)}"
+            )
+        units[name.strip()] = (int(scale), rounding)
+    return units
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment. Pass ``env`` in tests instead of patching os.environ."""
     env = os.environ if env is None else env
@@ -233,6 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         uses_sandbox=uses_sandbox,
         customer_metadata_key=env.get("METERING_CUSTOMER_METADATA_KEY", "metering_customer_id"),
         meter_modes=_meter_modes(env.get("METERING_METER_MODES", "")),
+        meter_units=_meter_units(env.get("METERING_METER_UNITS", "")),
         partitions_start=_partitions_start(env),
         reconciliation_threshold=_decimal(
             env, "METERING_RECONCILIATION_THRESHOLD", "0.01", Decimal(0)

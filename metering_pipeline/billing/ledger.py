@@ -12,6 +12,19 @@ created for it, with a sequence number and a status:
 - ``rejected``: Stripe answered 200, then reported the event invalid (an error-report event
   naming its identifier: unknown customer, bad value, no meter...). It never counts either, so
   the next push sends the difference again under a new identifier.
+- ``expired``: a pending entry whose identifier Stripe may have forgotten, and which Stripe's
+  meter event summaries prove it never received. It never counts; a new entry (next sequence,
+  new identifier) carries what is still owed.
+
+Stripe enforces a meter event identifier's uniqueness "within a rolling 24 hour period"
+(https://docs.stripe.com/api/v2/billing/meter-events/create; v1: "at least 24 hours",
+https://docs.stripe.com/api/billing/meter-event/create). So a pending entry is re-sent blind only
+while it is younger than ``IDENTIFIER_SAFE_AGE``; after that a re-send could be counted twice, and
+Stripe's summaries decide instead (``recheck``, ``verify_expired``). Summaries are "an eventually
+consistent view of the reported usage" and "might not immediately reflect recently received meter
+events" (https://docs.stripe.com/api/billing/meter-event-summary,
+https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api); Stripe gives no
+figure, so they are read only ``SUMMARIES_SETTLE`` after our last attempt to send the entry.
 
 What "what Stripe counts" means depends on the meter formula:
 
@@ -34,13 +47,22 @@ from typing import Literal
 from metering_pipeline.billing.modes import PushFormula
 from metering_pipeline.billing.moments import as_utc
 
-EntryStatus = Literal["pending", "sent", "failed", "rejected"]
-UNCOUNTED: tuple[EntryStatus, ...] = ("failed", "rejected")
+EntryStatus = Literal["pending", "sent", "failed", "rejected", "expired"]
+COUNTED_STATUSES: tuple[EntryStatus, ...] = ("sent", "pending")
 
 STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 STRIPE_MAX_EVENT_AHEAD = timedelta(minutes=5)
 STRIPE_MAX_SIGNIFICANT_DIGITS = 15
 _SECOND = timedelta(seconds=1)
+IDENTIFIER_WINDOW = timedelta(hours=24)
+# Time in hand below Stripe's 24 h: a run plans, then sends (rate limit, retries, a long backlog)
+# minutes later, and our clock may differ from Stripe's.
+IDENTIFIER_MARGIN = timedelta(minutes=30)
+IDENTIFIER_SAFE_AGE = IDENTIFIER_WINDOW - IDENTIFIER_MARGIN
+SUMMARIES_SETTLE = timedelta(minutes=15)
+
+Recheck = Literal["resend", "verify", "wait"]
+Verdict = Literal["delivered", "lost", "mismatch"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,7 @@ def plan_push(formula: PushFormula, desired: Decimal, entries: Sequence[LedgerEn
     ``last`` (None when nothing was sent yet). Call it under the key's lock, with every entry.
     """
     counted_entries = sorted(
-        (entry for entry in entries if entry.status not in UNCOUNTED),
+        (entry for entry in entries if entry.status in COUNTED_STATUSES),
         key=lambda entry: entry.sequence,
     )
     resend = tuple(entry for entry in counted_entries if entry.status == "pending")
@@ -86,6 +108,57 @@ def plan_push(formula: PushFormula, desired: Decimal, entries: Sequence[LedgerEn
         needed = desired != latest if latest is not None else desired != 0
         return PushPlan(resend, desired if needed else None, sequence, latest)
     raise ValueError(f"meter formula {formula!r} cannot be pushed to; use sum or last")
+
+
+def recheck(
+    age: timedelta, since_last_attempt: timedelta, settle: timedelta = SUMMARIES_SETTLE
+) -> Recheck:
+    """What a pending entry may do: ``resend`` it blind (Stripe still dedupes its identifier),
+    ``verify`` it against Stripe's summaries (the identifier may be forgotten), or ``wait`` for
+    the summaries to settle after our last attempt.
+
+    ``age``: since the entry was written, on whichever clock ran furthest (ours, or the
+    customer's test clock, which Stripe may apply to the window).
+    """
+    if age < IDENTIFIER_SAFE_AGE:
+        return "resend"
+    return "verify" if since_last_attempt >= settle else "wait"
+
+
+@dataclass(frozen=True)
+class HeldEvent:
+    """A meter event as Stripe aggregates it: its value and timestamp."""
+
+    value: Decimal
+    timestamp: datetime
+
+
+def stripe_aggregate(formula: PushFormula, events: Sequence[HeldEvent]) -> Decimal:
+    """What a meter's summary shows for ``events``: their sum, or the latest one's value."""
+    if formula == "sum":
+        return sum((event.value for event in events), Decimal(0))
+    latest = max(events, key=lambda event: event.timestamp, default=None)
+    return latest.value if latest is not None else Decimal(0)
+
+
+def verify_expired(
+    formula: PushFormula,
+    acknowledged: Sequence[HeldEvent],
+    uncertain: Sequence[HeldEvent],
+    held: Decimal,
+) -> Verdict:
+    """Did Stripe receive the ``uncertain`` entries? ``held``: its summary for the customer and
+    meter over the same range as ``acknowledged`` (the entries it confirmed).
+
+    ``delivered`` when ``held`` is what Stripe shows with them, ``lost`` when it is what it shows
+    without them; anything else (part of them, or usage sent outside the ledger) is a
+    ``mismatch`` that a person must look at before anything more is sent.
+    """
+    if held == stripe_aggregate(formula, [*acknowledged, *uncertain]):
+        return "delivered"
+    if held == stripe_aggregate(formula, acknowledged):
+        return "lost"
+    return "mismatch"
 
 
 def event_timestamp(

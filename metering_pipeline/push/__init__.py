@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from metering_pipeline.billing.units import meter_units
 from metering_pipeline.push.reconciler import PushReport, push_usage
 from metering_pipeline.settings import load_settings
 from metering_pipeline.stripe_io import StripeGateway
@@ -24,5 +25,6 @@ def push_customer_now(
         gateway or StripeGateway.from_settings(settings),
         late_usage_policy=settings.late_usage_policy,
         finalization_grace=timedelta(hours=settings.finalization_grace_hours),
+        meter_units=meter_units(settings.meter_units),
         customer=customer,
     )

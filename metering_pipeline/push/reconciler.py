@@ -10,6 +10,16 @@ A run has three steps, so that a crash at any instant leaves nothing lost or cou
 3. record: each answer marks its entry ``sent`` or ``failed``; no answer leaves it ``pending`` for
    the next run.
 
+A pending entry whose identifier Stripe may have forgotten (``billing.ledger.recheck``) is never
+re-sent: in the plan step, under the lock, Stripe's meter event summaries for its customer, meter
+and period say whether Stripe holds it (mark it ``sent``) or not (mark it ``expired``; the key's
+new entry then carries the difference under the next sequence's identifier). A figure that fits
+neither sends nothing for that customer's meter and period, and the run fails.
+
+Whatever is left undelivered, unpushable or unexplained is listed in ``PushReport.problems`` or
+counted in ``PushReport.pending``: ``PushReport.money_at_risk`` turns both into the reason the
+run must fail, after the ledger has recorded everything the next run needs.
+
 A second run waiting on the lock sees the first run's pending entries as counted, so it can only
 re-send them (deduplicated by Stripe), never send the same delta again.
 """
@@ -17,25 +27,37 @@ re-send them (deduplicated by Stripe), never send the same delta again.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from metering_pipeline.billing.catalog import Invoice, Price
 from metering_pipeline.billing.identifiers import idempotency_key
 from metering_pipeline.billing.ledger import (
+    COUNTED_STATUSES,
+    IDENTIFIER_SAFE_AGE,
     STRIPE_MAX_EVENT_AGE,
-    UNCOUNTED,
+    SUMMARIES_SETTLE,
+    HeldEvent,
     LedgerEntry,
     event_timestamp,
     meter_value,
     plan_push,
+    recheck,
+    stripe_aggregate,
+    verify_expired,
 )
 from metering_pipeline.billing.modes import meter_mismatch, push_formula
 from metering_pipeline.billing.tiers import incremental_amount
+from metering_pipeline.billing.units import (
+    MeterUnit,
+    UnpushableQuantity,
+    meter_unit,
+    to_meter_units,
+)
 from metering_pipeline.push.tables import (
     LOCK_KEY,
     LateRow,
@@ -46,12 +68,16 @@ from metering_pipeline.push.tables import (
     insert_late,
     insert_pending,
     pending_summary,
+    read_events_of,
     read_keys,
     read_late,
     read_ledger,
+    read_meters,
     read_prices,
+    read_test_clocks,
     record_invoice_items,
     record_outcomes,
+    record_verdicts,
 )
 from metering_pipeline.stripe_io import (
     CallContext,
@@ -59,9 +85,11 @@ from metering_pipeline.stripe_io import (
     StripeRejectedError,
     StripeUnavailableError,
 )
-from metering_pipeline.warehouse import Database
+from metering_pipeline.warehouse import Connection, Database
 
 _SECOND = timedelta(seconds=1)
+_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
 _RECORD_BATCH = 50
 _SENDERS = 4
 
@@ -81,7 +109,39 @@ class PushReport:
     waiting: int = 0
     pending: int = 0
     oldest_pending_seconds: float | None = None
+    verified_delivered: int = 0
+    superseded: int = 0
     problems: list[str] = field(default_factory=list)
+
+    def money_at_risk(self) -> str | None:
+        """Why this run must fail, or None when Stripe holds everything the ledger planned."""
+        if not self.problems and not self.pending:
+            return None
+        lines = []
+        if self.pending:
+            lines.append(
+                f"{self.pending} meter event(s) are still pending in metering.meter_event_ledger "
+                "(Stripe did not answer within the retry budget, or the entry waits for Stripe's "
+                "summaries). The ledger keeps them: run the push again once Stripe answers; it "
+                "re-sends each with its identifier, or checks Stripe's summaries first when the "
+                "identifier may have expired."
+            )
+        if self.problems:
+            lines.append(f"{len(self.problems)} problem(s), each with what to do:")
+            lines += [f"- {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Recheck:
+    """Pending entries settled by Stripe's summaries: ``settled`` (identifier -> row with its new
+    status), ``held`` (identifiers not to re-send this run), ``blocked`` (customer, meter,
+    period start) groups where nothing new may be sent."""
+
+    settled: dict[str, LedgerRow] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    blocked: set[tuple[str, str, datetime]] = field(default_factory=set)
 
 
 @dataclass
@@ -151,12 +211,15 @@ def push_usage(
     *,
     late_usage_policy: str,
     finalization_grace: timedelta,
+    meter_units: Mapping[str, MeterUnit],
     window: tuple[datetime, datetime] | None = None,
     customer: str | None = None,
     log: Callable[[str], None] = lambda message: None,
+    summaries_settle: timedelta = SUMMARIES_SETTLE,
 ) -> PushReport:
     """Bring Stripe to the marts for every key whose period overlaps ``window`` (all if None),
-    or of one ``customer``; re-send every pending entry in any case."""
+    or of one ``customer``; re-send every pending entry in any case. Quantities go out in each
+    meter's unit (``meter_units``, from ``METERING_METER_UNITS``)."""
     report = PushReport()
     facts = _StripeFacts(gateway)
     with database.connect() as conn:
@@ -164,10 +227,21 @@ def push_usage(
         with conn.advisory_lock(LOCK_KEY):
             keys = read_keys(conn, window, customer)
             ledger = read_ledger(conn, window, customer)
+            checked = _recheck_pending(conn, gateway, facts, ledger, summaries_settle, report)
+            ledger = [checked.settled.get(row.identifier, row) for row in ledger]
             late = read_late(conn, window, customer)
             prices = read_prices(conn, {key.price_id for key in keys})
             plan = _plan(
-                keys, ledger, late, prices, facts, late_usage_policy, finalization_grace, report
+                keys,
+                ledger,
+                late,
+                prices,
+                facts,
+                late_usage_policy,
+                finalization_grace,
+                meter_units,
+                checked,
+                report,
             )
             insert_pending(conn, plan.new)
             insert_late(conn, plan.late, datetime.now(UTC))
@@ -184,6 +258,108 @@ def push_usage(
     return report
 
 
+def _recheck_pending(
+    conn: Connection,
+    gateway: StripeGateway,
+    facts: _StripeFacts,
+    ledger: list[LedgerRow],
+    settle: timedelta,
+    report: PushReport,
+) -> _Recheck:
+    """Settle, from Stripe's summaries, the pending entries whose identifier may have expired.
+
+    Entries are judged per (customer, meter, period): Stripe's summary covers every event of the
+    customer's meter in the period, so it is compared with every ledger entry stamped there.
+    A group re-sends blind only when all its pending entries are young; a group mixing young and
+    old ones waits for the young ones to be answered first.
+    """
+    result = _Recheck()
+    now = datetime.now(UTC)
+    groups: dict[tuple, list[tuple[LedgerRow, str]]] = defaultdict(list)
+    pending = [row for row in ledger if row.status == "pending"]
+    clocks = read_test_clocks(conn) if pending else {}
+    for row in pending:
+        age = now - row.created_at
+        if row.stripe_clock_at is not None:  # a test clock may have moved faster than ours
+            stripe_now = facts.now(clocks.get(row.stripe_customer_id))
+            age = max(age, stripe_now - row.stripe_clock_at)
+        verdict = recheck(age, now - (row.attempted_at or row.created_at), settle)
+        group = (row.stripe_customer_id, row.meter, row.period_start, row.period_end)
+        groups[group].append((row, verdict))
+    meters = read_meters(conn) if groups else {}
+    for (customer, meter, start, end), rows in groups.items():
+        old = [row for row, verdict in rows if verdict != "resend"]
+        if not old:
+            continue
+        result.held.update(row.identifier for row in old)
+        where = (
+            f"customer {customer}, meter {meter}, period "
+            f"{start:%Y-%m-%dT%H:%M:%SZ}/{end:%Y-%m-%dT%H:%M:%SZ}, "
+            f"entries {', '.join(row.identifier for row in old)}"
+        )
+        cover = (_floor_minute(start), _ceil_minute(end))
+        events = read_events_of(conn, customer, meter, *cover)
+        unsettled = any(now - (row.attempted_at or row.created_at) < settle for row in events)
+        if unsettled or any(verdict != "verify" for _, verdict in rows):
+            report.problems.append(
+                f"{where}: first sent over {IDENTIFIER_SAFE_AGE / _HOUR:g} h ago, so Stripe may "
+                "have forgotten their identifiers; they are not re-sent. Stripe's summaries "
+                "decide instead once "
+                f"they have settled ({settle / _MINUTE:g} min after the last send for this meter "
+                "and period) and "
+                "no younger entry is pending there: run the push again later"
+            )
+            continue
+        known = meters.get(meter)
+        if known is None or known[1] not in ("sum", "last"):
+            report.problems.append(
+                f"{where}: their identifiers may have expired and no active sum or last meter "
+                f"{meter!r} is synced to check Stripe's summaries; sync the catalog, push again"
+            )
+            result.blocked.add((customer, meter, start))
+            continue
+        meter_id, formula = known
+        held = gateway.meter_event_summaries(meter_id, customer, *cover, meter=meter)
+        acknowledged = [
+            HeldEvent(row.value, row.event_timestamp) for row in events if row.status == "sent"
+        ]
+        uncertain = [HeldEvent(row.value, row.event_timestamp) for row in old]
+        verdict = verify_expired(formula, acknowledged, uncertain, held)  # type: ignore[arg-type]
+        with_them = acknowledged + uncertain
+        if verdict == "mismatch":
+            report.problems.append(
+                f"{where}: their identifiers may have expired, and Stripe's summary holds "
+                f"{held.normalize():f} where the ledger expects "
+                f"{_figure(formula, with_them)} with them or {_figure(formula, acknowledged)} "
+                "without them. Nothing was sent for this meter and period: find the events "
+                "Stripe holds that the ledger does not know (sent outside the pipeline?), "
+                "correct the ledger or Stripe (the repair job), then push again"
+            )
+            result.blocked.add((customer, meter, start))
+            continue
+        status = "sent" if verdict == "delivered" else "expired"
+        note = f"identifier may have expired: Stripe's summary held {held.normalize():f}, " + (
+            "this entry included" if status == "sent" else "without this entry; superseded"
+        )
+        for row in old:
+            result.settled[row.identifier] = replace(row, status=status)
+            result.notes[row.identifier] = note
+        if status == "sent":
+            report.verified_delivered += len(old)
+        else:
+            report.superseded += len(old)
+    record_verdicts(
+        conn,
+        [(i, row.status, result.notes[i]) for i, row in result.settled.items()],
+        now,
+    )
+    return result
+
+
+def _figure(formula: str, events: list[HeldEvent]) -> str:
+    return f"{stripe_aggregate(formula, events).normalize():f}"  # type: ignore[arg-type]
+
+
 def _plan(
     keys: list[PushKey],
     ledger: list[LedgerRow],
@@ -192,6 +368,8 @@ def _plan(
     facts: _StripeFacts,
     policy: str,
     grace: timedelta,
+    units: Mapping[str, MeterUnit],
+    checked: _Recheck,
     report: PushReport,
 ) -> _Plan:
     entries: dict[tuple, list[LedgerRow]] = defaultdict(list)
@@ -203,7 +381,13 @@ def _plan(
     plan = _Plan()
     in_scope = {key.id for key in keys}
     # pending entries of keys outside this run's scope are re-sent as they are
-    plan.resend += [row for row in ledger if row.status == "pending" and row.key not in in_scope]
+    plan.resend += [
+        row
+        for row in ledger
+        if row.status == "pending"
+        and row.key not in in_scope
+        and row.identifier not in checked.held
+    ]
     plan.invoice_items += [row for row in late if row.status == "pending"]
 
     for key in keys:
@@ -211,17 +395,28 @@ def _plan(
         if problem:
             report.problems.append(problem)
             continue
+        if (key.stripe_customer_id, key.meter, key.period_start) in checked.blocked:
+            continue  # its pending entries fit nothing Stripe shows: named in problems
+        try:
+            desired = to_meter_units(key.desired, meter_unit(units, key.meter))
+        except UnpushableQuantity as error:
+            report.problems.append(f"{_describe(key)}: usage {error}")
+            continue
         formula = push_formula(key.aggregation_mode)
         rows = entries[key.id]
         push = plan_push(
-            formula, key.desired, [LedgerEntry(r.sequence, r.value, r.status) for r in rows]
+            formula, desired, [LedgerEntry(r.sequence, r.value, r.status) for r in rows]
         )
         resend = {entry.sequence for entry in push.resend}
-        plan.resend += [row for row in rows if row.sequence in resend]
+        plan.resend += [
+            row for row in rows if row.sequence in resend and row.identifier not in checked.held
+        ]
         now = facts.now(key.test_clock)
 
-        def late(billed: Decimal, reason: str, key: PushKey = key) -> None:
-            _queue_late(plan, key, queued[key.id], billed, reason, prices, policy, report)
+        def late(
+            billed: Decimal, reason: str, key: PushKey = key, desired: Decimal = desired
+        ) -> None:
+            _queue_late(plan, key, desired, queued[key.id], billed, reason, prices, policy, report)
 
         if key.window_end < key.period_end and key.window_end <= now:
             # The price left the item (or the item left the subscription): whatever Stripe did
@@ -238,7 +433,7 @@ def _plan(
         if closed:
             late(counted, closed)
             continue
-        after = max((r.event_timestamp for r in rows if r.status not in UNCOUNTED), default=None)
+        after = max((r.event_timestamp for r in rows if r.status in COUNTED_STATUSES), default=None)
         stamp = event_timestamp(
             key.window_start,
             _stamp_bound(key, now, after),
@@ -275,6 +470,7 @@ def _plan(
                 status="pending",
                 attempts=0,
                 created_at=datetime.now(UTC),
+                stripe_clock_at=now,
             )
         )
     return plan
@@ -311,6 +507,7 @@ def _stamp_bound(key: PushKey, now: datetime, after: datetime | None) -> datetim
 def _queue_late(
     plan: _Plan,
     key: PushKey,
+    desired: Decimal,
     queued: list[LateRow],
     billed: Decimal,
     reason: str,
@@ -318,9 +515,10 @@ def _queue_late(
     policy: str,
     report: PushReport,
 ) -> None:
-    """Queue what Stripe did not and will not bill, priced as the increment on the key's tiers."""
+    """Queue what Stripe did not and will not bill, priced as the increment on the key's tiers.
+    Quantities are in the meter's pushed unit (``desired``), the unit its price is per."""
     already = sum((row.quantity for row in queued), Decimal(0))
-    quantity = key.desired - billed - already
+    quantity = desired - billed - already
     if quantity == 0:
         return
     price = prices.get(key.price_id)
@@ -375,6 +573,15 @@ def _unpushable(key: PushKey) -> str | None:
             "reactivate it, run the catalog sync, then push again"
         )
     return meter_mismatch(key.meter, key.aggregation_mode, key.formula, key.event_time_window)
+
+
+def _floor_minute(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def _ceil_minute(moment: datetime) -> datetime:
+    floor = _floor_minute(moment)
+    return floor if floor == moment else floor + _MINUTE
 
 
 def _describe(key: PushKey) -> str:

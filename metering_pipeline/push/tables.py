@@ -39,9 +39,14 @@ DDL = (
         last_error text,
         created_at timestamptz not null,
         sent_at timestamptz,
+        stripe_clock_at timestamptz,
+        attempted_at timestamptz,
         unique (subscription_item_id, price_id, period_start, sequence)
     )
     """,
+    # ledgers created before these columns existed
+    f"alter table {LEDGER} add column if not exists stripe_clock_at timestamptz",
+    f"alter table {LEDGER} add column if not exists attempted_at timestamptz",
     f"""
     create table if not exists {LATE_USAGE} (
         identifier text primary key,
@@ -109,6 +114,8 @@ class LedgerRow:
     status: str
     attempts: int
     created_at: datetime
+    stripe_clock_at: datetime | None = None  # Stripe's clock for the customer when written
+    attempted_at: datetime | None = None  # our last attempt to send it
 
     @property
     def key(self) -> tuple[str, str, datetime]:
@@ -258,7 +265,8 @@ def read_keys(
 
 _LEDGER_COLUMNS = (
     "identifier, subscription_item_id, price_id, stripe_customer_id, meter, period_start, "
-    "period_end, sequence, value, event_timestamp, status, attempts, created_at"
+    "period_end, sequence, value, event_timestamp, status, attempts, created_at, "
+    "stripe_clock_at, attempted_at"
 )
 _LATE_COLUMNS = (
     "identifier, subscription_item_id, price_id, subscription_id, stripe_customer_id, meter, "
@@ -298,7 +306,7 @@ def read_late(
 
 def insert_pending(conn: Connection, entries: Sequence[LedgerRow]) -> None:
     conn.executemany(
-        f"insert into {LEDGER} ({_LEDGER_COLUMNS}) values ({', '.join('?' * 13)})",
+        f"insert into {LEDGER} ({_LEDGER_COLUMNS}) values ({', '.join('?' * 15)})",
         [
             (
                 e.identifier,
@@ -314,6 +322,8 @@ def insert_pending(conn: Connection, entries: Sequence[LedgerRow]) -> None:
                 e.status,
                 e.attempts,
                 e.created_at,
+                e.stripe_clock_at,
+                e.attempted_at,
             )
             for e in entries
         ],
@@ -355,9 +365,9 @@ def record_outcomes(
     An entry Stripe has meanwhile reported invalid stays ``rejected``: a late 200 is no news."""
     conn.executemany(
         f"update {LEDGER} set status = ?, attempts = attempts + 1, last_error = ?, "
-        "sent_at = case when ? = 'sent' then cast(? as timestamptz) else sent_at end "
-        "where identifier = ? and status <> 'rejected'",
-        [(status, error, status, at, identifier) for identifier, status, error in outcomes],
+        "sent_at = case when ? = 'sent' then cast(? as timestamptz) else sent_at end, "
+        "attempted_at = ? where identifier = ? and status <> 'rejected'",
+        [(status, error, status, at, at, identifier) for identifier, status, error in outcomes],
     )
 
 
@@ -380,6 +390,46 @@ def mark_rejected(conn: Connection, rejections: Sequence[tuple[str, str]]) -> li
             identifiers,
         )
     return [LedgerRow(*row[:8], Decimal(row[8]), *row[9:]) for row in rows]
+
+
+def record_verdicts(
+    conn: Connection, verdicts: Iterable[tuple[str, str, str]], at: datetime
+) -> None:
+    """``(identifier, status, note)`` for pending entries settled by Stripe's summaries
+    (``sent``: it holds them; ``expired``: it never got them), without a send attempt."""
+    conn.executemany(
+        f"update {LEDGER} set status = ?, last_error = ?, "
+        "sent_at = case when ? = 'sent' then cast(? as timestamptz) else sent_at end "
+        "where identifier = ? and status = 'pending'",
+        [(status, note, status, at, identifier) for identifier, status, note in verdicts],
+    )
+
+
+def read_events_of(
+    conn: Connection, customer: str, meter: str, start: datetime, end: datetime
+) -> list[LedgerRow]:
+    """Every entry for a customer's meter stamped in ``[start, end)``, across keys: what
+    Stripe's summary over that range is made of, as far as the ledger knows."""
+    rows = conn.fetchall(
+        f"select {_LEDGER_COLUMNS} from {LEDGER} where stripe_customer_id = ? and meter = ? "
+        "and event_timestamp >= ? and event_timestamp < ? order by sequence",
+        [customer, meter, start, end],
+    )
+    return [LedgerRow(*row[:8], Decimal(row[8]), *row[9:]) for row in rows]
+
+
+def read_meters(conn: Connection) -> dict[str, tuple[str, str]]:
+    """Active meters from the synced catalog: event_name -> (meter id, formula)."""
+    rows = conn.fetchall(
+        "select event_name, meter_id, formula from metering.stripe_meters where status = 'active'"
+    )
+    return {name: (meter_id, formula) for name, meter_id, formula in rows}
+
+
+def read_test_clocks(conn: Connection) -> dict[str, str | None]:
+    """Each synced customer's test clock (None: Stripe's wall clock)."""
+    rows = conn.fetchall("select stripe_customer_id, test_clock from metering.stripe_customers")
+    return dict(rows)
 
 
 def record_invoice_items(

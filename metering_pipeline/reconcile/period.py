@@ -9,7 +9,7 @@ reconciliation exists to catch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -18,6 +18,7 @@ from metering_pipeline.billing.catalog import Invoice
 from metering_pipeline.billing.ledger import LedgerEntry, plan_push
 from metering_pipeline.billing.modes import PushFormula, push_formula
 from metering_pipeline.billing.tiers import amount_minor_units
+from metering_pipeline.billing.units import MeterUnit, meter_unit, to_meter_units
 from metering_pipeline.push.tables import LEDGER, LedgerRow, read_prices
 from metering_pipeline.push.tables import read_ledger as read_ledger_rows
 from metering_pipeline.reconcile.variance import ItemReconciliation, compare
@@ -161,7 +162,10 @@ class PeriodItem:
         return _floor_minute(self.window_start), _floor_minute(self.window_end)
 
 
-def read_period_items(conn: Connection, period: tuple[datetime, datetime]) -> list[PeriodItem]:
+def read_period_items(
+    conn: Connection, period: tuple[datetime, datetime], units: Mapping[str, MeterUnit]
+) -> list[PeriodItem]:
+    """The period's metered items; ``ours`` in each meter's pushed unit, as Stripe counts it."""
     for table, maker in (
         ("metering.stripe_subscription_items", "the Stripe catalog sync (stripe_catalog)"),
         ("metering.billing_periods", "the Stripe catalog sync (stripe_catalog)"),
@@ -180,7 +184,7 @@ def read_period_items(conn: Connection, period: tuple[datetime, datetime]) -> li
             *row[:7],
             window_start=row[7].astimezone(UTC),
             window_end=row[8].astimezone(UTC),
-            ours=Decimal(row[9]),
+            ours=to_meter_units(Decimal(row[9]), meter_unit(units, row[4])),
             test_clock=row[10],
             period=period,
         )
@@ -259,10 +263,11 @@ def reconcile_period(
     gateway: StripeGateway,
     period: tuple[datetime, datetime],
     threshold: Decimal,
+    meter_units: Mapping[str, MeterUnit],
 ) -> list[ItemReconciliation]:
     """Compare every metered item of the period: ours, the ledger's, Stripe's; amounts too."""
     with database.connect() as conn:
-        items = read_period_items(conn, period)
+        items = read_period_items(conn, period, meter_units)
         prices = read_prices(conn, (item.price_id for item in items))
         ledger = read_ledger(conn, period)
     amounts = _StripeAmounts(gateway)

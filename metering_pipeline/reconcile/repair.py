@@ -9,11 +9,12 @@ runs the push itself, whose desired-minus-counted now is exactly the correcting 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from metering_pipeline.billing.units import MeterUnit
 from metering_pipeline.push import PushReport, push_usage
 from metering_pipeline.push.tables import (
     LOCK_KEY,
@@ -58,6 +59,7 @@ def plan_repair(
     database: Database,
     gateway: StripeGateway,
     period: tuple[datetime, datetime],
+    meter_units: Mapping[str, MeterUnit],
     settle: timedelta = SUMMARIES_SETTLE,
 ) -> list[RepairStep]:
     """Read ours, the ledger and Stripe afresh; one step per item where Stripe differs from us.
@@ -68,7 +70,7 @@ def plan_repair(
     """
     settled_before = datetime.now(UTC) - settle
     with database.connect() as conn:
-        items = read_period_items(conn, period)
+        items = read_period_items(conn, period, meter_units)
         ledger = read_ledger(conn, period)
     steps = []
     for item in items:
@@ -86,6 +88,7 @@ def apply_repair(
     *,
     late_usage_policy: str,
     finalization_grace: timedelta,
+    meter_units: Mapping[str, MeterUnit],
 ) -> PushReport:
     """Record each step's adoption in the ledger, then push the period: the push sends the
     corrections (and queues as late usage what Stripe can no longer take)."""
@@ -112,6 +115,7 @@ def apply_repair(
         gateway,
         late_usage_policy=late_usage_policy,
         finalization_grace=finalization_grace,
+        meter_units=meter_units,
         window=period,
     )
 

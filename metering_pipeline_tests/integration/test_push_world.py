@@ -66,8 +66,12 @@ class World:
         insert_events(self.url, events)
         assert run_models(self.url, first_hour, last_hour, self.instance).success
 
-    def push(self, first_hour: str = FIRST_HOUR, last_hour: str = LAST_HOUR):
-        return push(self.url, self.sandbox_url, first_hour, last_hour, self.instance)
+    def push(
+        self, first_hour: str = FIRST_HOUR, last_hour: str = LAST_HOUR, raise_on_error: bool = True
+    ):
+        return push(
+            self.url, self.sandbox_url, first_hour, last_hour, self.instance, raise_on_error
+        )
 
     def stripe_totals(self) -> dict[str, Decimal]:
         """What Stripe's meter counts per customer over the whole period."""
@@ -142,6 +146,7 @@ def push(
     first_hour: str,
     last_hour: str,
     instance: dg.DagsterInstance | None = None,
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
     """One run of ``stripe_meter_events`` over the hours first..last, as a single-run backfill."""
     return dg.materialize(
@@ -155,6 +160,7 @@ def push(
             "dagster/asset_partition_range_start": first_hour,
             "dagster/asset_partition_range_end": last_hour,
         },
+        raise_on_error=raise_on_error,
     )
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from metering_pipeline.billing.units import meter_units
 from metering_pipeline.defs.extract.assets import raw_usage_events
 from metering_pipeline.defs.partitions import billing_periods, hourly_partitions
 from metering_pipeline.defs.push.assets import stripe_meter_events
@@ -73,9 +74,13 @@ def push_customer(
         gateway,
         late_usage_policy=settings.late_usage_policy,
         finalization_grace=timedelta(hours=settings.finalization_grace_hours),
+        meter_units=meter_units(settings.meter_units),
         customer=config.customer,
         log=context.log.warning,
     )
+    failure = report.money_at_risk()
+    if failure:
+        raise dg.Failure(description=failure)
     return dg.Output(
         report.events_sent,
         metadata={

@@ -6,6 +6,7 @@ from decimal import Decimal
 import dagster as dg
 from pydantic import Field
 
+from metering_pipeline.billing.units import meter_units
 from metering_pipeline.defs.partitions import billing_periods, parse_period_key
 from metering_pipeline.defs.resources import StripeResource, WarehouseResource
 from metering_pipeline.reconcile.period import reconcile_period, write_results
@@ -46,10 +47,13 @@ def billing_period_reconciliation(
     leaves time to repair before Stripe freezes the invoice. Results replace the period's rows in
     metering.reconciliation_results.
     """
-    threshold = load_settings().reconciliation_threshold
+    settings = load_settings()
+    threshold = settings.reconciliation_threshold
     period = parse_period_key(context.partition_key)
     gateway = stripe.gateway()
-    rows = reconcile_period(warehouse.database, gateway, period, threshold)
+    rows = reconcile_period(
+        warehouse.database, gateway, period, threshold, meter_units(settings.meter_units)
+    )
     with warehouse.database.connect() as conn:
         write_results(conn, period, rows, datetime.now(UTC))
     summary = totals(rows)
@@ -108,8 +112,9 @@ def repair_billing_period(
     settings = load_settings()
     period = parse_period_key(context.partition_key)
     gateway = stripe.gateway()
+    units = meter_units(settings.meter_units)
     steps = plan_repair(
-        warehouse.database, gateway, period, timedelta(minutes=config.settle_minutes)
+        warehouse.database, gateway, period, units, timedelta(minutes=config.settle_minutes)
     )
     for step in steps:
         context.log.info(_describe(step, config.dry_run))
@@ -122,9 +127,11 @@ def repair_billing_period(
             steps,
             late_usage_policy=settings.late_usage_policy,
             finalization_grace=timedelta(hours=settings.finalization_grace_hours),
+            meter_units=units,
         )
-        for problem in report.problems:
-            context.log.warning(problem)
+        failure = report.money_at_risk()
+        if failure:
+            raise dg.Failure(description=f"the repair's push left money at risk:\n{failure}")
     sent = report.events_sent if report else 0
     return dg.Output(
         sent,
