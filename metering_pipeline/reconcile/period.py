@@ -23,6 +23,7 @@ from metering_pipeline.push.tables import LATE_USAGE, LEDGER, LedgerRow, read_pr
 from metering_pipeline.push.tables import read_ledger as read_ledger_rows
 from metering_pipeline.reconcile.grid import (
     MINUTE,
+    Key,
     Reading,
     Stamped,
     Window,
@@ -171,8 +172,6 @@ ADOPTED_NOTE = (
     "recorded by repair: Stripe counted this beyond our ledger (an event sent or cancelled "
     "outside the pipeline); not sent by us"
 )
-
-Key = tuple[str, str, datetime]
 
 
 class ReconciliationInputError(RuntimeError):
