@@ -9,20 +9,30 @@ reconciliation exists to catch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from metering_pipeline.billing.catalog import Invoice
-from metering_pipeline.billing.ledger import LedgerEntry, plan_push
+from metering_pipeline.billing.catalog import Invoice, InvoiceLine, Price
+from metering_pipeline.billing.ledger import COUNTED_STATUSES, LedgerEntry, plan_push
 from metering_pipeline.billing.modes import PushFormula, push_formula
 from metering_pipeline.billing.tiers import amount_minor_units
 from metering_pipeline.billing.units import MeterUnit, meter_unit, to_meter_units
-from metering_pipeline.push.tables import LEDGER, LedgerRow, read_prices
+from metering_pipeline.push.tables import LATE_USAGE, LEDGER, LedgerRow, read_prices
 from metering_pipeline.push.tables import read_ledger as read_ledger_rows
-from metering_pipeline.reconcile.variance import ItemReconciliation, compare
-from metering_pipeline.stripe_io import StripeGateway
+from metering_pipeline.reconcile.grid import (
+    MINUTE,
+    Key,
+    Reading,
+    Stamped,
+    Window,
+    last_reading,
+    sum_reading,
+)
+from metering_pipeline.reconcile.variance import ItemReconciliation, StripeSide, compare
+from metering_pipeline.stripe_io import StripeGateway, StripeRejectedError
 from metering_pipeline.warehouse import Connection, Database
 
 RESULTS_TABLE = "metering.reconciliation_results"
@@ -43,6 +53,11 @@ create table if not exists {RESULTS_TABLE} (
     ours decimal(38, 12) not null,
     ledger decimal(38, 12),
     stripe decimal(38, 12) not null,
+    stripe_invoice_items decimal(38, 12),
+    late_written_off decimal(38, 12),
+    late_unbilled decimal(38, 12),
+    accounted decimal(38, 12),
+    compared text,
     expected_amount decimal(38, 12),
     stripe_amount decimal(38, 12),
     amount_source text,
@@ -52,6 +67,15 @@ create table if not exists {RESULTS_TABLE} (
     reconciled_at timestamptz not null
 )
 """
+
+# Columns added after the table first shipped: an existing table gets them on the next write.
+ADDED_COLUMNS = (
+    ("stripe_invoice_items", "decimal(38, 12)"),
+    ("late_written_off", "decimal(38, 12)"),
+    ("late_unbilled", "decimal(38, 12)"),
+    ("accounted", "decimal(38, 12)"),
+    ("compared", "text"),
+)
 
 RESULT_COLUMNS = (
     "subscription_item_id",
@@ -65,6 +89,11 @@ RESULT_COLUMNS = (
     "ours",
     "ledger",
     "stripe",
+    "stripe_invoice_items",
+    "late_written_off",
+    "late_unbilled",
+    "accounted",
+    "compared",
     "expected_amount",
     "stripe_amount",
     "amount_source",
@@ -125,6 +154,27 @@ order by
 """
 
 
+NEIGHBOURS_SQL = f"""
+select subscription_item_id, price_id, period_start, stripe_customer_id, meter, window_start,
+    window_end
+from {WINDOWS_TABLE}
+where meter_id is not null and window_start < ? and window_end > ?
+"""
+
+LATE_SQL = f"""
+select subscription_item_id, price_id, period_start, quantity, status, invoice_item_id
+from {LATE_USAGE}
+where period_start = ? and period_end = ?
+"""
+
+# The note on a ledger entry repair recorded (never sent by us): its second is the repair's, not
+# the event's, so it cannot place usage inside a minute.
+ADOPTED_NOTE = (
+    "recorded by repair: Stripe counted this beyond our ledger (an event sent or cancelled "
+    "outside the pipeline); not sent by us"
+)
+
+
 class ReconciliationInputError(RuntimeError):
     """The warehouse lacks a table reconciliation reads; the message says which step makes it."""
 
@@ -151,15 +201,47 @@ class PeriodItem:
         return push_formula(self.aggregation_mode)
 
     @property
-    def key(self) -> tuple[str, str, datetime]:
+    def key(self) -> Key:
         """The push ledger's key: (subscription item, price, period start)."""
         return (self.subscription_item_id, self.price_id, self.period[0])
 
     @property
-    def minute_window(self) -> tuple[datetime, datetime]:
-        """The window on Stripe's minute grid, as event summaries require. Both ends round down,
-        so the windows of an item replaced mid-minute still tile without overlap."""
-        return _floor_minute(self.window_start), _floor_minute(self.window_end)
+    def window(self) -> Window:
+        return self.window_start, self.window_end
+
+
+@dataclass(frozen=True)
+class LateEntry:
+    """One row of the late-usage queue for a key."""
+
+    quantity: Decimal
+    status: str
+    invoice_item_id: str | None
+
+
+@dataclass
+class PeriodInputs:
+    """What the warehouse holds for one period: the items, this period's ledger per key, the
+    windows and counted ledger events of each customer's meter around it (for the minutes two
+    windows share), and the late-usage queue."""
+
+    period: tuple[datetime, datetime]
+    items: list[PeriodItem]
+    ledger: dict[Key, list[LedgerRow]]
+    windows: dict[tuple[str, str], list[tuple[Key, Window]]] = field(default_factory=dict)
+    stamped: dict[tuple[str, str], list[Stamped]] = field(default_factory=dict)
+    late: dict[Key, list[LateEntry]] = field(default_factory=dict)
+
+    def neighbours(self, item: PeriodItem) -> list[Window]:
+        """The other windows of the item's customer on its meter."""
+        return [
+            window
+            for key, window in self.windows.get((item.stripe_customer_id, item.meter), [])
+            if key != item.key
+        ]
+
+    def entries(self, item: PeriodItem) -> list[Stamped]:
+        return self.stamped.get((item.stripe_customer_id, item.meter), [])
 
 
 def read_period_items(
@@ -192,13 +274,50 @@ def read_period_items(
     ]
 
 
-def read_ledger(
-    conn: Connection, period: tuple[datetime, datetime]
-) -> dict[tuple[str, str, datetime], list[LedgerRow]]:
+def read_inputs(
+    conn: Connection, period: tuple[datetime, datetime], units: Mapping[str, MeterUnit]
+) -> PeriodInputs:
+    """Everything reconciliation and repair read from the warehouse for one period; quantities
+    in each meter's pushed unit."""
+    items = read_period_items(conn, period, units)
+    around = (period[0] - MINUTE, period[1] + MINUTE)
+    inputs = PeriodInputs(period, items, read_ledger(conn, period))
+    for item_id, price_id, start, customer, meter, window_start, window_end in conn.fetchall(
+        NEIGHBOURS_SQL, (around[1], around[0])
+    ):
+        inputs.windows.setdefault((customer, meter), []).append(
+            (
+                (item_id, price_id, start.astimezone(UTC)),
+                (window_start.astimezone(UTC), window_end.astimezone(UTC)),
+            )
+        )
+    if conn.table_exists(LEDGER):
+        adopted = {
+            row[0]
+            for row in conn.fetchall(
+                f"select identifier from {LEDGER} where last_error = ?", (ADOPTED_NOTE,)
+            )
+        }
+        for row in read_ledger_rows(conn, around, None):
+            if row.status in COUNTED_STATUSES and row.identifier not in adopted:
+                inputs.stamped.setdefault((row.stripe_customer_id, row.meter), []).append(
+                    Stamped(row.key, row.value, row.event_timestamp.astimezone(UTC), row.sequence)
+                )
+    if conn.table_exists(LATE_USAGE):
+        for item_id, price_id, start, quantity, status, invoice_item in conn.fetchall(
+            LATE_SQL, period
+        ):
+            inputs.late.setdefault((item_id, price_id, start.astimezone(UTC)), []).append(
+                LateEntry(Decimal(quantity), status, invoice_item)
+            )
+    return inputs
+
+
+def read_ledger(conn: Connection, period: tuple[datetime, datetime]) -> dict[Key, list[LedgerRow]]:
     """The push ledger's entries per key for the period (none before the first push)."""
     if not conn.table_exists(LEDGER):
         return {}
-    entries: dict[tuple[str, str, datetime], list[LedgerRow]] = defaultdict(list)
+    entries: dict[Key, list[LedgerRow]] = defaultdict(list)
     for row in read_ledger_rows(conn, period, None):
         if row.period_start == period[0] and row.period_end == period[1]:
             entries[row.key].append(row)
@@ -217,45 +336,143 @@ def ledger_counted(formula: PushFormula, rows: Sequence[LedgerRow]) -> Decimal |
     return plan_push(formula, Decimal(0), entries).counted
 
 
-class _StripeAmounts:
-    """Stripe's amount per item: from the invoice once it exists, else from the preview of the
-    open period. One list and one preview per subscription, whatever its number of items."""
+class StripeView:
+    """What Stripe bills per item window, read once per run: each customer's clock, the meter's
+    summaries on the minute grid, and each subscription's invoices and upcoming invoice (one list
+    and one preview per subscription, whatever its number of items)."""
 
     def __init__(self, gateway: StripeGateway) -> None:
         self._gateway = gateway
+        self._clocks: dict[str | None, datetime] = {}
         self._invoices: dict[str, list[Invoice]] = {}
         self._previews: dict[str, Invoice | None] = {}
 
-    def amount(self, item: PeriodItem, clock: datetime) -> tuple[Decimal | None, str | None]:
+    def clock(self, test_clock: str | None) -> datetime:
+        if test_clock not in self._clocks:
+            self._clocks[test_clock] = self._gateway.clock_time(test_clock)
+        return self._clocks[test_clock]
+
+    def side(self, item: PeriodItem, inputs: PeriodInputs) -> StripeSide:
+        """Everything that bills the item's window: the meter, the invoice item Stripe made when
+        the price left the item, late usage we invoiced; and late usage left unbilled."""
+        reading, meter = self.meter_reading(item, inputs)
+        replaced = self.replaced(item)
+        found = self._invoice_item_lines(item, inputs)
+        late = inputs.late.get(item.key, [])
+        change = self._change_lines(item)
+        billed = [entry.quantity for entry in late if entry.invoice_item_id in found]
+        written_off = [entry.quantity for entry in late if entry.status == "written_off"]
+        unbilled = [
+            entry.quantity
+            for entry in late
+            if entry.status != "written_off" and entry.invoice_item_id not in found
+        ]
+        return StripeSide(
+            meter=meter,
+            meter_bills=not replaced,
+            invoice_items=_sum(line.quantity or Decimal(0) for line in change) + _sum(billed),
+            written_off=_sum(written_off),
+            unbilled=_sum(unbilled),
+            compared=reading.describe(),
+        )
+
+    def meter_reading(self, item: PeriodItem, inputs: PeriodInputs) -> tuple[Reading, Decimal]:
+        """Stripe's meter figure for the window, read on the minute grid (see grid.py)."""
+        entries = inputs.entries(item)
+        if item.formula == "last":
+            reading, summary = last_reading(
+                item.window, item.key, entries, lambda grid: self._summary(item, grid)
+            )
+        else:
+            reading = sum_reading(item.window, inputs.neighbours(item), item.key, entries)
+            summary = self._summary(item, reading.grid)
+        return reading, reading.figure(summary, item.formula)
+
+    def replaced(self, item: PeriodItem) -> bool:
+        """The price left the item before the period ended (and that time has come): Stripe
+        bills the window's usage only through the invoice item it created then (flexible mode),
+        or not at all (classic); the meter no longer bills it."""
+        return item.window_end < item.period[1] and self.clock(item.test_clock) >= item.window_end
+
+    def amount(self, item: PeriodItem, inputs: PeriodInputs) -> tuple[Decimal | None, str | None]:
+        """Stripe's amount for the window: the item's lines on the period's invoice (or on the
+        preview while the period is open), plus the invoice items that bill the window."""
+        amount, source = None, None
+        for invoice in self._documents(item, preview=False):
+            lines = _item_lines(invoice, item)
+            if lines:
+                amount, source = _total(lines), f"invoice {invoice.id} ({invoice.status})"
+                break
+        else:
+            if self.clock(item.test_clock) < item.period[1]:
+                preview = self._preview(item)
+                lines = _item_lines(preview, item) if preview else []
+                if lines:
+                    amount, source = _total(lines), "preview"
+        extra = {**self._invoice_item_lines(item, inputs)}
+        extra.update({line.invoice_item_id or line.id: line for line in self._change_lines(item)})
+        if extra:
+            items = ", ".join(sorted(extra))
+            amount = (amount or Decimal(0)) + _total(extra.values())
+            source = f"{source}; invoice items {items}" if source else f"invoice items {items}"
+        return amount, source
+
+    def _summary(self, item: PeriodItem, grid: Window) -> Decimal:
+        if grid[0] >= grid[1]:
+            return Decimal(0)
+        return self._gateway.meter_event_summaries(
+            item.meter_id, item.stripe_customer_id, grid[0], grid[1], meter=item.meter
+        )
+
+    def _change_lines(self, item: PeriodItem) -> list[InvoiceLine]:
+        """The invoice item Stripe created at the item's price when the price left it, once the
+        window is closed that way: priced at this price, inside the window."""
+        if not self.replaced(item):
+            return []
+        lines = {
+            line.invoice_item_id: line
+            for invoice in self._documents(item)
+            for line in invoice.lines
+            if line.invoice_item_id is not None
+            and line.price_id == item.price_id
+            and line.period_start >= item.window_start
+            and line.period_end <= item.window_end
+        }
+        return list(lines.values())
+
+    def _invoice_item_lines(self, item: PeriodItem, inputs: PeriodInputs) -> dict[str, InvoiceLine]:
+        """The late-usage invoice items of the key that Stripe holds, on an invoice that is not
+        void or still pending on the upcoming one."""
+        wanted = {e.invoice_item_id for e in inputs.late.get(item.key, []) if e.invoice_item_id}
+        if not wanted:
+            return {}
+        return {
+            line.invoice_item_id: line
+            for invoice in self._documents(item)
+            for line in invoice.lines
+            if line.invoice_item_id in wanted
+        }
+
+    def _documents(self, item: PeriodItem, preview: bool = True) -> list[Invoice]:
+        """The subscription's invoices (void ones left out), newest first, then its preview."""
         if item.subscription_id not in self._invoices:
-            self._invoices[item.subscription_id] = self._gateway.list_invoices(
-                subscription=item.subscription_id
-            )
-        for invoice in self._invoices[item.subscription_id]:
-            if invoice.status == "void":
-                continue
-            amount = _lines_amount(invoice, item)
-            if amount is not None:
-                return amount, f"invoice {invoice.id} ({invoice.status})"
-        if clock >= item.period[1]:
-            return None, None
+            self._invoices[item.subscription_id] = [
+                invoice
+                for invoice in self._gateway.list_invoices(subscription=item.subscription_id)
+                if invoice.status != "void"
+            ]
+        documents = list(self._invoices[item.subscription_id])
+        upcoming = self._preview(item) if preview else None
+        return [*documents, upcoming] if upcoming else documents
+
+    def _preview(self, item: PeriodItem) -> Invoice | None:
         if item.subscription_id not in self._previews:
-            self._previews[item.subscription_id] = self._gateway.invoice_preview(
-                item.stripe_customer_id, item.subscription_id
-            )
-        preview = self._previews[item.subscription_id]
-        amount = _lines_amount(preview, item) if preview else None
-        return (amount, "preview") if amount is not None else (None, None)
-
-
-def stripe_quantity(gateway: StripeGateway, item: PeriodItem) -> Decimal:
-    """What Stripe counts for the item's customer and meter over the item's window."""
-    start, end = item.minute_window
-    if start >= end:
-        return Decimal(0)
-    return gateway.meter_event_summaries(
-        item.meter_id, item.stripe_customer_id, start, end, meter=item.meter
-    )
+            self._previews[item.subscription_id] = None
+            with suppress(StripeRejectedError):  # a canceled subscription has no upcoming one
+                self._previews[item.subscription_id] = self._gateway.invoice_preview(
+                    item.stripe_customer_id, item.subscription_id
+                )
+        return self._previews[item.subscription_id]
 
 
 def reconcile_period(
@@ -265,20 +482,16 @@ def reconcile_period(
     threshold: Decimal,
     meter_units: Mapping[str, MeterUnit],
 ) -> list[ItemReconciliation]:
-    """Compare every metered item of the period: ours, the ledger's, Stripe's; amounts too."""
+    """Compare every metered item of the period: ours, the ledger's, what Stripe bills; amounts
+    too."""
     with database.connect() as conn:
-        items = read_period_items(conn, period, meter_units)
-        prices = read_prices(conn, (item.price_id for item in items))
-        ledger = read_ledger(conn, period)
-    amounts = _StripeAmounts(gateway)
-    clocks: dict[str | None, datetime] = {}
+        inputs = read_inputs(conn, period, meter_units)
+        prices: dict[str, Price] = read_prices(conn, (item.price_id for item in inputs.items))
+    view = StripeView(gateway)
     results = []
-    for item in items:
-        if item.test_clock not in clocks:
-            clocks[item.test_clock] = gateway.clock_time(item.test_clock)
-        stripe = stripe_quantity(gateway, item)
+    for item in inputs.items:
         price = prices.get(item.price_id)
-        stripe_amount, source = amounts.amount(item, clocks[item.test_clock])
+        stripe_amount, source = view.amount(item, inputs)
         results.append(
             compare(
                 subscription_item_id=item.subscription_item_id,
@@ -286,10 +499,10 @@ def reconcile_period(
                 stripe_customer_id=item.stripe_customer_id,
                 meter=item.meter,
                 period=period,
-                window=(item.window_start, item.window_end),
+                window=item.window,
                 ours=item.ours,
-                ledger=ledger_counted(item.formula, ledger.get(item.key, [])),
-                stripe=stripe,
+                ledger=ledger_counted(item.formula, inputs.ledger.get(item.key, [])),
+                stripe=view.side(item, inputs),
                 expected_amount=amount_minor_units(price, item.ours) if price else None,
                 stripe_amount=stripe_amount,
                 amount_source=source,
@@ -309,6 +522,8 @@ def write_results(
     """Replace the period's rows, in the caller's transaction."""
     conn.ensure_schema()
     conn.execute(RESULTS_DDL)
+    for column, kind in ADDED_COLUMNS:
+        conn.execute(f"alter table {RESULTS_TABLE} add column if not exists {column} {kind}")
     conn.execute(f"delete from {RESULTS_TABLE} where period_start = ? and period_end = ?", period)
     columns = (*RESULT_COLUMNS, "reconciled_at")
     conn.executemany(
@@ -321,9 +536,9 @@ def write_results(
     )
 
 
-def _lines_amount(invoice: Invoice, item: PeriodItem) -> Decimal | None:
-    """The amount of the invoice's lines for this item at this price inside its window."""
-    lines = [
+def _item_lines(invoice: Invoice, item: PeriodItem) -> list[InvoiceLine]:
+    """The invoice's subscription-item lines for this item at this price inside its window."""
+    return [
         line
         for line in invoice.lines
         if line.subscription_item_id == item.subscription_item_id
@@ -331,8 +546,11 @@ def _lines_amount(invoice: Invoice, item: PeriodItem) -> Decimal | None:
         and line.period_start < item.window_end
         and line.period_end > item.window_start
     ]
-    return Decimal(sum(line.amount for line in lines)) if lines else None
 
 
-def _floor_minute(moment: datetime) -> datetime:
-    return moment.replace(second=0, microsecond=0)
+def _total(lines: Iterable[InvoiceLine]) -> Decimal:
+    return Decimal(sum(line.amount for line in lines))
+
+
+def _sum(values: Iterable[Decimal]) -> Decimal:
+    return sum(values, Decimal(0))

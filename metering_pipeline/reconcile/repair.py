@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from metering_pipeline.billing.ledger import COUNTED_STATUSES
 from metering_pipeline.billing.units import MeterUnit
 from metering_pipeline.push import PushReport, push_usage
 from metering_pipeline.push.tables import (
@@ -25,27 +26,25 @@ from metering_pipeline.push.tables import (
     record_outcomes,
 )
 from metering_pipeline.reconcile.period import (
+    ADOPTED_NOTE,
     PeriodItem,
+    StripeView,
     ledger_counted,
+    read_inputs,
     read_ledger,
-    read_period_items,
-    stripe_quantity,
 )
-from metering_pipeline.reconcile.variance import adoption
+from metering_pipeline.reconcile.variance import StripeSide, adoption
 from metering_pipeline.stripe_io import StripeGateway
 from metering_pipeline.warehouse import Database
 
 SUMMARIES_SETTLE = timedelta(minutes=5)
-ADOPTED_NOTE = (
-    "recorded by repair: Stripe counted this beyond our ledger (an event sent or cancelled "
-    "outside the pipeline); not sent by us"
-)
 
 
 @dataclass(frozen=True)
 class RepairStep:
     """One item whose Stripe quantity differs from ours: the delta repair brings, or why it
-    leaves the item alone."""
+    leaves the item alone. ``stripe`` is the meter's figure for the window, read by the same
+    minute-grid rule as reconciliation, so a correct invoice never shows a delta."""
 
     item: PeriodItem
     stripe: Decimal
@@ -62,7 +61,9 @@ def plan_repair(
     meter_units: Mapping[str, MeterUnit],
     settle: timedelta = SUMMARIES_SETTLE,
 ) -> list[RepairStep]:
-    """Read ours, the ledger and Stripe afresh; one step per item where Stripe differs from us.
+    """Read ours, the ledger and Stripe afresh; one step per item where what Stripe bills (the
+    meter, read on the same minute grid as reconciliation, and the invoice items that bill the
+    window) differs from us.
 
     Stripe's summaries are eventually consistent: an event written to the ledger in the last
     ``settle`` may not show yet, and adopting that gap would send it a second time. Such items
@@ -70,13 +71,13 @@ def plan_repair(
     """
     settled_before = datetime.now(UTC) - settle
     with database.connect() as conn:
-        items = read_period_items(conn, period, meter_units)
-        ledger = read_ledger(conn, period)
+        inputs = read_inputs(conn, period, meter_units)
+    view = StripeView(gateway)
     steps = []
-    for item in items:
-        stripe = stripe_quantity(gateway, item)
-        if stripe != item.ours:
-            steps.append(_step(item, stripe, ledger.get(item.key, []), settled_before))
+    for item in inputs.items:
+        side = view.side(item, inputs)
+        if side.accounted != item.ours:
+            steps.append(_step(item, side, inputs.ledger.get(item.key, []), settled_before))
     return steps
 
 
@@ -153,12 +154,22 @@ def _adoption_row(
 
 
 def _step(
-    item: PeriodItem, stripe: Decimal, rows: list[LedgerRow], settled_before: datetime
+    item: PeriodItem, side: StripeSide, rows: list[LedgerRow], settled_before: datetime
 ) -> RepairStep:
+    stripe = side.meter
     ledger = ledger_counted(item.formula, rows)
     pending = sum(1 for row in rows if row.status == "pending")
-    latest = max((row.created_at for row in rows if row.status != "failed"), default=None)
-    if pending:
+    latest = max((row.created_at for row in rows if row.status in COUNTED_STATUSES), default=None)
+    if not side.meter_bills or side.unbilled:
+        reason = (
+            f"{side.unbilled.normalize():f} units of late usage are queued but unbilled"
+            if side.unbilled
+            else f"the price left this item at {item.window_end.isoformat()}"
+        ) + (
+            "; no meter event can bill this window any more: the push queues its gap in "
+            "metering.late_usage, to bill as an invoice item or write off"
+        )
+    elif pending:
         reason = (
             f"{pending} ledger entries are still pending (their delivery is unknown); run the "
             "push, which re-sends them, then reconcile again"
@@ -170,7 +181,7 @@ def _step(
         )
     else:
         adopted = adoption(item.formula, stripe, ledger)
-        send = item.ours - stripe if item.formula == "sum" else item.ours
+        send = item.ours - side.accounted if item.formula == "sum" else item.ours
         return RepairStep(item, stripe, ledger, adopted.value if adopted else None, send)
     return RepairStep(item, stripe, ledger, None, None, reason)
 

@@ -355,13 +355,23 @@ def _apply_item_change(
 
 
 def _remove_item(store: Store, subscription: dict, item: dict, behavior: str, now: int) -> None:
-    require_state(
-        len(subscription["_items"]) > 1,
-        "A subscription needs at least one item; cancel the subscription instead.",
-    )
     _close_metered_interval(store, subscription, item, behavior, now)
     subscription["_items"].remove(item["id"])
     item["_deleted"] = True
+
+
+def _require_items_left(subscription: dict, entries: list[dict]) -> None:
+    """Stripe validates the item set an update leaves, not each step: deleting the only item and
+    adding its replacement in one call is how a plan is usually changed. Checked before anything
+    changes, so a refused update leaves no closed interval or invoice item behind."""
+    deleted = {
+        text(entry, "id") for entry in entries if "id" in entry and boolean(entry, "deleted", False)
+    }
+    added = sum(1 for entry in entries if "id" not in entry)
+    left = len([item for item in subscription["_items"] if item not in deleted]) + added
+    require_state(
+        left > 0, "A subscription needs at least one item; cancel the subscription instead."
+    )
 
 
 def _current_prices(store: Store, subscription: dict) -> list[dict]:
@@ -373,7 +383,9 @@ def update_subscription(store: Store, subscription: dict, params: dict) -> dict:
     before = store.render(subscription)
     now = store.now(subscription["customer"])
     behavior = choice(params, "proration_behavior", PRORATION, "create_prorations")
-    for index, entry in enumerate(listing(params, "items")):
+    entries = listing(params, "items")
+    _require_items_left(subscription, entries)
+    for index, entry in enumerate(entries):
         _apply_item_change(store, subscription, entry, index, behavior, now)
     _settle_changes(store, subscription, behavior)
     if "cancel_at_period_end" in params:

@@ -9,6 +9,7 @@ import pytest
 
 from metering_pipeline.billing.ledger import LedgerEntry, plan_push
 from metering_pipeline.reconcile.variance import (
+    StripeSide,
     adoption,
     compare,
     flagged_summary,
@@ -32,7 +33,7 @@ def row(item: str, ours: str, stripe: str, threshold: Decimal = ONE_PERCENT):
         window=PERIOD,
         ours=Decimal(ours),
         ledger=Decimal(ours),
-        stripe=Decimal(stripe),
+        stripe=StripeSide(Decimal(stripe)),
         expected_amount=Decimal(8200),
         stripe_amount=Decimal(8360),
         amount_source="preview",
@@ -110,7 +111,7 @@ def test_the_failing_check_names_each_flagged_item_and_what_to_do():
     text = flagged_summary([row("si_a", "10000", "10200"), row("si_b", "500", "500")], ONE_PERCENT)
 
     assert "1 subscription item(s)" in text
-    assert "si_a (customer cus_si_a, meter api_calls: ours 10000, Stripe 10200" in text
+    assert "si_a (customer cus_si_a, meter api_calls: ours 10000, Stripe bills 10200" in text
     assert "si_b" not in text
     assert "repair" in text
 

@@ -9,6 +9,7 @@ from pydantic import Field
 from metering_pipeline.billing.units import meter_units
 from metering_pipeline.defs.partitions import billing_periods, parse_period_key
 from metering_pipeline.defs.resources import StripeResource, WarehouseResource
+from metering_pipeline.reconcile.grid import RULE
 from metering_pipeline.reconcile.period import reconcile_period, write_results
 from metering_pipeline.reconcile.repair import RepairStep, apply_repair, plan_repair
 from metering_pipeline.reconcile.variance import flagged_summary, markdown_table, totals
@@ -33,8 +34,10 @@ AGREEMENT_CHECK = "stripe_agrees_with_usage"
             AGREEMENT_CHECK,
             asset=RECONCILIATION,
             blocking=True,
-            description="Fails while Stripe's quantity for any item differs from ours by more "
-            "than METERING_RECONCILIATION_THRESHOLD (default 1%); names the items.",
+            description="Fails while what Stripe bills for any item (its meter, read on "
+            "Stripe's minute grid, plus the invoice items that bill the item's window) differs "
+            "from our usage by more than METERING_RECONCILIATION_THRESHOLD (default 1%); names "
+            "the items.",
         )
     ],
 )
@@ -64,6 +67,8 @@ def billing_period_reconciliation(
             "items": summary.items,
             "ours_total": float(summary.ours),
             "stripe_total": float(summary.stripe),
+            "accounted_total": float(summary.accounted),
+            "compared": RULE,
             "flagged_count": summary.flagged,
             "max_variance": float(summary.max_variance),
             "threshold": float(threshold),
@@ -81,6 +86,13 @@ def billing_period_reconciliation(
                         [row.subscription_item_id for row in flagged]
                     ),
                     "max_variance": float(summary.max_variance),
+                    "compared": RULE,
+                    "compared_per_item": dg.MetadataValue.json(
+                        {
+                            row.subscription_item_id + " " + row.price_id: row.compared
+                            for row in rows
+                        }
+                    ),
                 },
             )
         ],
