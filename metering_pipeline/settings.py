@@ -262,7 +262,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env, "METERING_RECONCILIATION_THRESHOLD", "0.01", Decimal(0)
         ),
         late_usage_policy=policy,
-        schedule_lag_minutes=_int(env, "METERING_SCHEDULE_LAG_MINUTES", 15, high=59),
+        schedule_lag_minutes=_int(env, "METERING_SCHEDULE_LAG_MINUTES", 15, high=1439),
         late_lookback_hours=_int(env, "METERING_LATE_LOOKBACK_HOURS", 3),
         stripe_requests_per_second=rps,
         stripe_max_retries=_int(env, "METERING_STRIPE_MAX_RETRIES", 6),

@@ -263,6 +263,7 @@ class World:
             self.gateway(),
             late_usage_policy="invoice_item",
             finalization_grace=GRACE,
+            meter_units={},
             window=(ANCHOR, END),
         )
 

@@ -32,7 +32,7 @@ def _run(tmp_path, argv: list[str], **env: str) -> subprocess.CompletedProcess[s
     [
         ("METERING_PARTITIONS_START", "yesterday", "2026-01-01-00:00"),
         ("METERING_PARTITIONS_START", "2026-01-01-00:30", "on the hour"),
-        ("METERING_SCHEDULE_LAG_MINUTES", "75", "between 0 and 59"),
+        ("METERING_SCHEDULE_LAG_MINUTES", "1440", "between 0 and 1439"),
         ("METERING_WAREHOUSE_URL", "mysql://x", "duckdb:///"),
         ("METERING_LATE_USAGE_POLICY", "ignore", "hold, invoice_item, write_off"),
     ],
@@ -47,7 +47,7 @@ def test_bad_setting_is_two_lines_without_traceback(tmp_path, variable, value, s
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = _run(tmp_path, ["--debug", "seed"], METERING_SCHEDULE_LAG_MINUTES="75")
+    result = _run(tmp_path, ["--debug", "seed"], METERING_SCHEDULE_LAG_MINUTES="-1")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "SettingsError" in result.stderr
 

@@ -34,7 +34,8 @@ def _floor_hour(moment: datetime) -> datetime:
 
 @dg.schedule(
     job=hourly_usage,
-    cron_schedule=f"{load_settings().schedule_lag_minutes} * * * *",
+    # A lag of 75 runs at minute 15 and covers the hours that ended at least 75 minutes before.
+    cron_schedule=f"{load_settings().schedule_lag_minutes % 60} * * * *",
     execution_timezone="UTC",
     description="METERING_SCHEDULE_LAG_MINUTES after each hour, runs that hour and the "
     "METERING_LATE_LOOKBACK_HOURS before it in one run, so rows that landed late are picked up.",
