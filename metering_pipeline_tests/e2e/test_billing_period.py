@@ -1,4 +1,4 @@
-"""A whole billing period, end to end (issue 4, acceptance): the demo's flow on Stripe test clocks,
+"""A whole billing period, end to end: the demo's flow on Stripe test clocks,
 from seeded source rows with the hostile cases to finalized invoices.
 
 The amount each invoice must show is computed here, independently of the pipeline: straight from

@@ -1,4 +1,4 @@
-"""Drift is caught and repaired (issue 4, acceptance): a meter event sent to Stripe behind the
+"""Drift is caught and repaired: a meter event sent to Stripe behind the
 pipeline's back moves one item; reconciliation's blocking check names it when the move exceeds 1%
 and stays green at 0.5%; the repair job shows the delta (dry run changes nothing), then sends it
 through the ledger, after which the check passes and the push has nothing left to send.

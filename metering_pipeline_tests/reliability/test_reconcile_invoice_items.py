@@ -1,4 +1,4 @@
-"""Reconciliation counts everything that bills the period (issue 8).
+"""Reconciliation counts everything that bills the period.
 
 On main, a plan change whose gap (1,200 units) was correctly billed as a 600c late-usage invoice
 item was flagged at 4.46%: only the meter was compared, and invoice-item lines were never priced.

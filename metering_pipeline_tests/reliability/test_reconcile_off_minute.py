@@ -1,4 +1,4 @@
-"""Reconciliation that cried wolf (issue 8): windows that end off the minute.
+"""Reconciliation that cried wolf: windows that end off the minute.
 
 Stripe's event summaries answer over whole minutes only. Main rounded both ends of an item's
 window down, so a period anchored at 15:23:11 lost the events the push stamps in its last partial
@@ -457,8 +457,8 @@ def test_correct_invoices_of_an_off_minute_period_with_a_plan_change_pass_the_ch
 
 
 def test_repair_of_a_correct_off_minute_period_sends_nothing(world: World):
-    """Main's repair read the same rounded-down figure: it would have sent the 500 units of the
-    last partial minute a second time."""
+    """A repair that read the same rounded-down figure as the old reconciliation would send the
+    500 units of the last partial minute a second time."""
     from metering_pipeline.reconcile.repair import apply_repair, plan_repair
 
     before = (world.stripe_meter(world.anchored), world.stripe_meter(world.changed))
@@ -471,6 +471,7 @@ def test_repair_of_a_correct_off_minute_period_sends_nothing(world: World):
         steps,
         late_usage_policy="invoice_item",
         finalization_grace=GRACE,
+        meter_units={},
     )
 
     assert steps == []
