@@ -182,13 +182,14 @@ def results(url: str) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in rows}
 
 
-def test_a_pushed_period_reconciles_clean_with_amounts(world: World):
+def test_drift_is_flagged_over_one_percent_and_repair_brings_stripe_back(world: World):
+    """One period's life, in the order an operator meets it (one world per engine: each phase
+    starts from what the one before left)."""
+    # A pushed period reconciles clean, with amounts: 10 events of 1000 each on graduated tiers,
+    # 1000 x 1c + 9000 x 0.8c = 8200 cents.
     result = world.reconcile()
-
-    assert result.success
-    assert check_of(result).passed
+    assert result.success and check_of(result).passed
     rows = results(world.url)
-    # 10 events of 1000 each; graduated tiers: 1000 x 1c + 9000 x 0.8c = 8200 cents.
     for item in (world.drifted_item, world.steady_item):
         ours, ledger, stripe, flagged, expected, stripe_amount, source = rows[item]
         assert (Decimal(ours), Decimal(ledger), Decimal(stripe)) == (10000, 10000, 10000)
@@ -199,12 +200,16 @@ def test_a_pushed_period_reconciles_clean_with_amounts(world: World):
     assert metadata["flagged_count"].value == 0
     assert metadata["ours_total"].value == metadata["stripe_total"].value == 20000
 
-
-def test_drift_over_one_percent_fails_the_check_naming_the_item(world: World):
-    usage(world.client, world.drifted_customer, 200, NOW - 60, identifier="behind-the-back-1")
-
+    # Drift of half a percent, sent behind the pipeline's back, passes.
+    usage(world.client, world.drifted_customer, 50, NOW - 60, identifier="behind-the-back-1")
     result = world.reconcile()
+    assert result.success and check_of(result).passed
+    ours, _, stripe, flagged, *_ = results(world.url)[world.drifted_item]
+    assert (Decimal(ours), Decimal(stripe), flagged) == (10000, 10050, False)
 
+    # At 2% the blocking check fails, naming that item and only that one.
+    usage(world.client, world.drifted_customer, 150, NOW - 60, identifier="behind-the-back-2")
+    result = world.reconcile()
     assert not result.success  # a failed blocking check stops the run and what follows it
     evaluation = check_of(result)
     assert not evaluation.passed
@@ -220,26 +225,25 @@ def test_drift_over_one_percent_fails_the_check_naming_the_item(world: World):
     assert metadata["max_variance"].value == pytest.approx(0.02)
     assert world.drifted_item in metadata["reconciliation"].value
 
-
-def test_drift_of_half_a_percent_passes(world: World):
-    usage(world.client, world.drifted_customer, 50, NOW - 60, identifier="behind-the-back-2")
-
-    result = world.reconcile()
-
-    assert result.success
-    assert check_of(result).passed
-    ours, _, stripe, flagged, *_ = results(world.url)[world.drifted_item]
-    assert (Decimal(ours), Decimal(stripe), flagged) == (10000, 10050, False)
-
-
-def test_repair_dry_run_changes_nothing_then_repair_brings_stripe_back(world: World):
-    usage(world.client, world.drifted_customer, 200, NOW - 60, identifier="behind-the-back-3")
-    assert not check_of(world.reconcile()).passed
+    # Right after a push, real Stripe's summaries may lag; adopting that gap would send the
+    # usage twice, so repair (default settle time) leaves the item alone and says when to return.
     calls_before = world.meter_event_calls()
+    waited = repair.execute_in_process(
+        run_config={"ops": {"repair_billing_period": {"config": {"dry_run": False}}}},
+        instance=world.instance,
+        resources=world.resources,
+        partition_key=PERIOD_KEY,
+    )
+    assert waited.output_for_node("repair_billing_period") == 0
+    shown = repair_metadata(waited)
+    assert shown["items_skipped"].value == 1
+    assert "run repair again in a few minutes" in shown["deltas"].value
+    assert world.meter_event_calls() == calls_before
+    assert world.stripe_usage(world.drifted_customer) == 10200
+
+    # A dry run shows the delta and changes nothing ...
     ledger_before = query(world.url, "select * from metering.meter_event_ledger order by 1")
-
     dry = world.repair(dry_run=True)
-
     assert dry.success
     assert dry.output_for_node("repair_billing_period") == 0
     shown = repair_metadata(dry)
@@ -252,49 +256,23 @@ def test_repair_dry_run_changes_nothing_then_repair_brings_stripe_back(world: Wo
     assert query(world.url, "select * from metering.meter_event_ledger order by 1") == ledger_before
     assert world.stripe_usage(world.drifted_customer) == 10200
 
+    # ... then the repair sends it through the ledger and the check passes again.
     fixed = world.repair(dry_run=False)
-
     assert fixed.success
     assert fixed.output_for_node("repair_billing_period") == 1
     assert world.meter_event_calls() == calls_before + 1
     assert world.stripe_usage(world.drifted_customer) == 10000
     after = world.reconcile()
-    assert after.success
-    assert check_of(after).passed
+    assert after.success and check_of(after).passed
     # The ledger now explains Stripe's total, so the next push sends nothing.
     assert world.push() == 0
     assert world.meter_event_calls() == calls_before + 1
 
-
-def test_repair_waits_for_stripe_to_show_events_sent_moments_ago(world: World):
-    """Right after a push, real Stripe's summaries may lag; adopting that gap would send the
-    usage twice, so repair leaves such items alone and says when to come back."""
-    usage(world.client, world.drifted_customer, 200, NOW - 60, identifier="behind-the-back-4")
-    calls_before = world.meter_event_calls()
-
-    result = repair.execute_in_process(
-        run_config={"ops": {"repair_billing_period": {"config": {"dry_run": False}}}},
-        instance=world.instance,
-        resources=world.resources,
-        partition_key=PERIOD_KEY,
-    )
-
-    assert result.output_for_node("repair_billing_period") == 0
-    shown = repair_metadata(result)
-    assert shown["items_skipped"].value == 1
-    assert "run repair again in a few minutes" in shown["deltas"].value
-    assert world.meter_event_calls() == calls_before
-    assert world.stripe_usage(world.drifted_customer) == 10200
-
-
-def test_in_the_grace_window_the_draft_invoice_is_the_amount_compared(world: World):
-    """Once the period has ended, Stripe's amount comes from the invoice (still a draft during
-    the finalization grace hour), not from a preview of the next period."""
+    # Once the period has ended, Stripe's amount comes from the invoice (still a draft during
+    # the finalization grace hour), not from a preview of the next period.
     (clock,) = world.client.v1.test_helpers.test_clocks.list().data
     advance(world.client, clock.id, ts(2026, 12, 5, 0, 30))
-
     result = world.reconcile()
-
     assert check_of(result).passed
     for item in (world.drifted_item, world.steady_item):
         *_, flagged, expected, stripe_amount, source = results(world.url)[item]
