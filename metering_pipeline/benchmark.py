@@ -120,10 +120,9 @@ def _pipeline(args: dict) -> None:
     import dagster as dg
 
     from metering_pipeline.defs.resources import SourceResource, StripeResource, WarehouseResource
-    from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
     from metering_pipeline.defs.transform.project import dbt_resource
-    from metering_pipeline.demo import HOURLY_CHAIN, QUIET_CONSOLE, hour_range_tags
     from metering_pipeline.stripe_sandbox import SandboxControl
+    from metering_pipeline.tools.runs import hour_range_tags, run_job
     from metering_pipeline.warehouse import Database
 
     resources = {
@@ -136,20 +135,13 @@ def _pipeline(args: dict) -> None:
     first, last = datetime.fromisoformat(args["first"]), datetime.fromisoformat(args["last"])
     with dg.DagsterInstance.ephemeral() as instance:
         began = time.perf_counter()
-        sync = dg.materialize(
-            [stripe_catalog], instance=instance, resources=resources, run_config=QUIET_CONSOLE
-        )
+        sync = run_job(instance, "stripe_catalog_sync", resources=resources)
         print(f"catalog sync: {time.perf_counter() - began:.1f} s, success {sync.success}")
 
         before = control.stats()["by_path"]
         began = time.perf_counter()
-        result = dg.materialize(
-            HOURLY_CHAIN,
-            instance=instance,
-            resources=resources,
-            tags=hour_range_tags(first, last),
-            run_config=QUIET_CONSOLE,
-            raise_on_error=False,
+        result = run_job(
+            instance, "hourly_usage", resources=resources, tags=hour_range_tags(first, last)
         )
         wall = time.perf_counter() - began
         after = control.stats()["by_path"]

@@ -25,46 +25,22 @@ from pathlib import Path
 import dagster as dg
 
 from metering_pipeline.billing.periods import period_start
-from metering_pipeline.defs.extract.assets import raw_usage_events
 from metering_pipeline.defs.partitions import period_key
-from metering_pipeline.defs.push.assets import meter_events_delivered, stripe_meter_events
-from metering_pipeline.defs.quality.assets import validated_usage_events
-from metering_pipeline.defs.quality.checks import (
-    counts_add_up,
-    great_expectations_suite,
-    partition_level_quality,
-)
-from metering_pipeline.defs.reconcile.assets import billing_period_reconciliation
 from metering_pipeline.defs.resources import (
     SourceResource,
     StripeResource,
     WarehouseResource,
     from_environment,
 )
-from metering_pipeline.defs.stripe_catalog.assets import stripe_catalog
-from metering_pipeline.defs.transform.assets import usage_models
 from metering_pipeline.defs.transform.project import dbt_resource
 from metering_pipeline.instance import prepare_dagster_home
 from metering_pipeline.settings import Settings, duckdb_path, load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE
 from metering_pipeline.sources.seed import seed_usage
 from metering_pipeline.stripe_io.provision import ClockedCustomer, Provisioner, TierSpec
+from metering_pipeline.tools.runs import failure_message, hour_range_tags, run_job
 from metering_pipeline.warehouse import Database
 
-# The hourly chain, extract to push, with the checks that guard it: one run per call.
-HOURLY_CHAIN = (
-    raw_usage_events,
-    validated_usage_events,
-    great_expectations_suite,
-    partition_level_quality,
-    counts_add_up,
-    usage_models,
-    stripe_meter_events,
-    meter_events_delivered,
-)
-HOUR_FORMAT = "%Y-%m-%d-%H:%M"
-# Runs log to the instance (read them in the UI); the console keeps to the demo's own story.
-QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 DEMO_EVENTS = 200_000
 
 PLANS: dict[str, tuple[str, tuple[TierSpec, ...]]] = {
@@ -194,36 +170,24 @@ class _Stage:
             "stripe": self.stripe,
         }
 
-    def materialize(self, assets, **kwargs) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(
-            assets,
-            instance=self.instance,
-            resources=self.resources,
-            run_config=QUIET_CONSOLE,
-            **kwargs,
-        )
+    def run(self, job_name: str, **kwargs) -> dg.ExecuteInProcessResult:
+        """One run of the code location's own job, bound to the demo's sandbox and source."""
+        result = run_job(self.instance, job_name, resources=self.resources, **kwargs)
         self.run_ids.append(result.run_id)
         if not result.success:
             raise DemoError(
-                f"Dagster run {result.run_id} failed; open it with `metering dev` (see the end of "
-                "this output) to read which step and why"
+                f"{failure_message(result, job_name)}; open it with `metering dev` (see the end "
+                "of this output)"
             )
         return result
 
     def sync_catalog(self) -> None:
-        self.materialize([stripe_catalog])
+        self.run("stripe_catalog_sync")
 
     def run_hours(self, first: datetime, last: datetime) -> dg.ExecuteInProcessResult:
-        """One single-run backfill of the hours first..last through extract, validate, dbt and
-        push: the same run Dagster's backfill launches for a range."""
-        return self.materialize(HOURLY_CHAIN, tags=hour_range_tags(first, last))
-
-
-def hour_range_tags(first: datetime, last: datetime) -> dict[str, str]:
-    return {
-        "dagster/asset_partition_range_start": first.strftime(HOUR_FORMAT),
-        "dagster/asset_partition_range_end": last.strftime(HOUR_FORMAT),
-    }
+        """The ``hourly_usage`` job over the hours first..last as one run (extract, validate,
+        dbt, push): the same run Dagster's backfill launches for a range."""
+        return self.run("hourly_usage", tags=hour_range_tags(first, last))
 
 
 def dagster_instance(settings: Settings) -> tuple[dg.DagsterInstance, Path]:
@@ -331,7 +295,7 @@ def _run(stage: _Stage, meters: dict[str, str], events: int, dagster_home: Path)
     _step(say, 7, "Reconciliation per billing period: ours vs ledger vs Stripe")
     keys = sorted({period_key(*customer.period) for customer in CUSTOMERS})
     for key in keys:
-        stage.materialize([billing_period_reconciliation], partition_key=key)
+        stage.run("period_reconciliation", partition_key=key)
     results = _reconciliation(stage.settings.warehouse_url)
     flagged = sum(1 for rows in results.values() for row in rows if row.flagged)
     say(f"   {len(keys)} billing periods, {flagged} item(s) flagged above the 1% threshold")
@@ -497,29 +461,38 @@ def _reconciliation(warehouse_url: str) -> dict[str, list[ItemResult]]:
 def _print_table(
     outcomes: list[CustomerResult], meters: dict[str, str], plans: dict[str, str], say
 ) -> None:
+    """Per item our quantity and Stripe's; per customer the invoice beside the amount our own
+    tier maths expects (reconciliation's), with a ✓ when Stripe's invoice equals it."""
     names = {event_name: meter for meter, event_name in meters.items()}
     say("")
     say(
-        f"   {'customer':<10}{'meter':<11}{'price':<18}{'ours':>13}{'Stripe':>13}{'variance':>10}"
-        "  invoice"
+        f"   {'customer':<10}{'meter':<11}{'price':<18}{'ours':>11}{'Stripe':>11}{'var.':>7}"
+        f"{'expected':>12}{'invoice':>12}"
     )
     for outcome in outcomes:
-        first = True
-        for item in outcome.items:
-            invoice = (
-                f"{_money(outcome.invoice_amount_due)} {outcome.invoice_status} "
-                f"({outcome.invoice_id})"
-                if first
-                else ""
-            )
-            name = outcome.customer.name if first else ""
+        expected = expected_total(outcome)
+        for index, item in enumerate(outcome.items):
+            money = ""
+            if index == 0:
+                mark = "✓" if expected == outcome.invoice_amount_due else "✗"
+                shown = _money(expected) if expected is not None else "–"
+                money = f"{shown:>12}{_money(outcome.invoice_amount_due):>12} {mark}"
             say(
-                f"   {name:<10}{names.get(item.meter, item.meter):<11}"
+                f"   {outcome.customer.name if index == 0 else '':<10}"
+                f"{names.get(item.meter, item.meter):<11}"
                 f"{plans.get(item.price_id, item.price_id):<18}"
-                f"{item.ours.normalize():>13,f}{item.stripe.normalize():>13,f}"
-                f"{item.variance * 100:>9.2f}%  {invoice}"
+                f"{item.ours.normalize():>11,f}{item.stripe.normalize():>11,f}"
+                f"{item.variance * 100:>6.1f}%{money}"
             )
-            first = False
+    say(f"   invoices: {', '.join(f'{o.invoice_id} {o.invoice_status}' for o in outcomes)}")
+
+
+def expected_total(outcome: CustomerResult) -> int | None:
+    """The invoice total reconciliation's own tier maths expects for the customer's period."""
+    amounts = [item.expected_amount for item in outcome.items]
+    if not amounts or any(amount is None for amount in amounts):
+        return None
+    return int(sum(amounts, Decimal(0)))
 
 
 def _print_how_to_open(dagster_home: Path, say) -> None:

@@ -8,7 +8,7 @@ A range of hours is one run (every hourly asset has a single-run backfill policy
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -48,11 +48,7 @@ def backfill(
         say("1/2 stripe_catalog_sync: customers, meters, prices, subscriptions, billing periods")
         _run(instance, "stripe_catalog_sync", say)
         say(f"2/2 hourly_usage: {hours} hour(s) [{first:%Y-%m-%d %H:%M}, {end:%Y-%m-%d %H:%M}) UTC")
-        tags = {
-            RANGE_START_TAG: first.strftime(HOUR_FORMAT),
-            RANGE_END_TAG: last.strftime(HOUR_FORMAT),
-        }
-        finished = _run(instance, "hourly_usage", say, tags=tags)
+        finished = _run(instance, "hourly_usage", say, tags=hour_range_tags(first, last))
     quality = finished.metadata.get("validated_usage_events", {})
     push = finished.metadata.get("stripe_meter_events", {})
     say(
@@ -87,6 +83,41 @@ def _instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def hour_range_tags(first: datetime, last: datetime) -> dict[str, str]:
+    """The tags that make one run of the hours ``first``..``last`` (inclusive), as Dagster's
+    single-run backfill launches it."""
+    return {RANGE_START_TAG: first.strftime(HOUR_FORMAT), RANGE_END_TAG: last.strftime(HOUR_FORMAT)}
+
+
+def run_job(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    *,
+    resources: Mapping[str, object] | None = None,
+    tags: Mapping[str, str] | None = None,
+    partition_key: str | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One run of a code-location job in this process, recorded in ``instance``.
+
+    With ``resources`` the very same job (its assets, checks and selection) is bound to them
+    instead of the code location's: the demo and the benchmark point it at their own sandbox
+    and source without a copy of the asset chain.
+    """
+    from metering_pipeline.definitions import defs
+
+    if resources is not None:
+        defs = dg.Definitions(
+            assets=defs.assets, asset_checks=defs.asset_checks, jobs=defs.jobs, resources=resources
+        )
+    return defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance,
+        run_config=QUIET_CONSOLE,
+        tags=dict(tags or {}),
+        partition_key=partition_key,
+        raise_on_error=False,
+    )
+
+
 def _run(
     instance: dg.DagsterInstance,
     job_name: str,
@@ -95,16 +126,7 @@ def _run(
     tags: dict[str, str] | None = None,
     partition_key: str | None = None,
 ) -> Finished:
-    from metering_pipeline.definitions import defs
-
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(
-        instance=instance,
-        run_config=QUIET_CONSOLE,
-        tags=tags,
-        partition_key=partition_key,
-        raise_on_error=False,
-    )
+    result = run_job(instance, job_name, tags=tags, partition_key=partition_key)
     metadata: dict[str, dict[str, object]] = {}
     for event in result.get_asset_materialization_events():
         materialization = event.step_materialization_data.materialization
@@ -116,14 +138,15 @@ def _run(
         checks[event.check_name] = event.passed
         metadata[event.check_name] = {name: value.value for name, value in event.metadata.items()}
     if not result.success:
-        raise RunFailedError(_failure(result, job_name))
+        raise RunFailedError(failure_message(result, job_name))
     failed = [name for name, passed in checks.items() if not passed]
     note = f"; failed checks: {', '.join(failed)}" if failed else ""
     say(f"    run {result.run_id[:8]} succeeded{note}")
     return Finished(result.run_id, metadata, checks)
 
 
-def _failure(result: dg.ExecuteInProcessResult, job_name: str) -> str:
+def failure_message(result: dg.ExecuteInProcessResult, job_name: str) -> str:
+    """Which step of a failed run failed, and why, in one sentence."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data is not None:
             error = event.step_failure_data.error

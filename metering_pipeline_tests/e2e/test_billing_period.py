@@ -34,39 +34,47 @@ QUANTITY_BOUND = Decimal(1_000_000_000)  # the default METERING_QUANTITY_MIN/MAX
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def run(tmp_path: Path, monkeypatch, warehouse_url: str) -> tuple[DemoResult, str]:
+def run(tmp_path: Path, monkeypatch, capfd, warehouse_url: str) -> tuple[DemoResult, str]:
+    """The demo as a user runs it; returns everything it printed to the console."""
     monkeypatch.setenv("METERING_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("METERING_WAREHOUSE_URL", warehouse_url)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    lines: list[str] = []
-    result = run_demo(events=E2E_EVENTS, say=lines.append)
-    return result, "\n".join(lines)
+    capfd.readouterr()
+    result = run_demo(events=E2E_EVENTS)
+    out, err = capfd.readouterr()
+    return result, out + err
 
 
 def test_finalized_invoices_equal_the_source_rows_priced_independently(
-    tmp_path, monkeypatch, duckdb_url
+    tmp_path, monkeypatch, capfd, duckdb_url
 ):
     monkeypatch.delenv("STRIPE_API_KEY", raising=False)
-    result, output = run(tmp_path, monkeypatch, duckdb_url)
+    result, output = run(tmp_path, monkeypatch, capfd, duckdb_url)
     assert_billed_exactly(result)
     assert "sk_test_" not in output  # the sandbox key never reaches the output
     assert f"DAGSTER_HOME={tmp_path / 'dagster'}" in output
+    # The console tells the story in a line per step: no dbt listing, no warnings.
+    assert len(output.splitlines()) <= 60, output
+    assert output.count("✓") == len(result.customers) and "✗" not in output
     # The runs are in the persistent instance `dagster dev` opens, and they all succeeded.
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster")) as instance:
         runs = [instance.get_run_by_id(run_id) for run_id in result.run_ids]
     assert len(runs) >= 10
     assert all(run is not None and run.is_success for run in runs)
+    # ... and they are the code location's own jobs, not an ad-hoc asset selection.
+    jobs = {run.job_name for run in runs if run is not None}
+    assert jobs == {"stripe_catalog_sync", "hourly_usage", "period_reconciliation"}
 
 
 @pytest.mark.real_stripe
-def test_the_same_billing_period_against_a_stripe_test_mode_account(tmp_path, monkeypatch):
+def test_the_same_billing_period_against_a_stripe_test_mode_account(tmp_path, monkeypatch, capfd):
     key = os.environ.get("STRIPE_TEST_API_KEY")
     if not key:
         pytest.skip("STRIPE_TEST_API_KEY is not set; set a Stripe test-mode key to run this")
     monkeypatch.setenv("STRIPE_API_KEY", key)
     monkeypatch.delenv("STRIPE_API_BASE", raising=False)
     monkeypatch.delenv("STRIPE_METER_EVENTS_BASE", raising=False)
-    result, output = run(tmp_path, monkeypatch, f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    result, output = run(tmp_path, monkeypatch, capfd, f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
     assert_billed_exactly(result)
     assert key not in output
 
