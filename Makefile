@@ -14,7 +14,7 @@ demo: $(BIN)/metering
 	$(BIN)/metering demo
 
 test: $(BIN)/metering
-	$(BIN)/pytest -n auto
+	$(BIN)/pytest -n auto --durations=25
 
 lint: $(BIN)/metering
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -53,8 +54,9 @@ def main() -> None:
 def _bench(args: argparse.Namespace) -> None:
     from metering_pipeline.settings import SANDBOX_API_KEY
     from metering_pipeline.sources.seed import customer_id, seed_usage
-    from metering_pipeline.stripe_io.provision import Provisioner, TierSpec
+    from metering_pipeline.stripe_io.provision import Provisioner
     from metering_pipeline.stripe_sandbox import run_sandbox
+    from metering_pipeline.stripe_setup.spec import TierSpec
 
     end = START + timedelta(days=args.days)
     with (
@@ -80,7 +82,7 @@ def _bench(args: argparse.Namespace) -> None:
 
         began = time.perf_counter()
         stripe = Provisioner(SANDBOX_API_KEY, sandbox.url, requests_per_second=TEST_MODE_RPS - 2)
-        tiers = tuple(TierSpec(up_to, amount) for up_to, amount in GRADUATED)
+        tiers = tuple(TierSpec(up_to, Decimal(amount)) for up_to, amount in GRADUATED)
         prices = {
             meter: stripe.tiered_price(stripe.meter(meter, meter), meter, "graduated", tiers)
             for meter in METERS

@@ -37,7 +37,8 @@ from metering_pipeline.instance import prepare_dagster_home
 from metering_pipeline.settings import Settings, duckdb_path, load_settings
 from metering_pipeline.sources.reader import SOURCE_TABLE
 from metering_pipeline.sources.seed import seed_usage
-from metering_pipeline.stripe_io.provision import ClockedCustomer, Provisioner, TierSpec
+from metering_pipeline.stripe_io.provision import ClockedCustomer, Provisioner
+from metering_pipeline.stripe_setup.spec import TierSpec
 from metering_pipeline.tools.runs import failure_message, hour_range_tags, run_job
 from metering_pipeline.warehouse import Database
 
@@ -46,16 +47,30 @@ DEMO_EVENTS = 200_000
 PLANS: dict[str, tuple[str, tuple[TierSpec, ...]]] = {
     "standard": (
         "graduated",
-        (TierSpec(100_000, "0.04"), TierSpec(1_000_000, "0.025"), TierSpec(None, "0.01")),
+        (
+            TierSpec(100_000, Decimal("0.04")),
+            TierSpec(1_000_000, Decimal("0.025")),
+            TierSpec(None, Decimal("0.01")),
+        ),
     ),
-    "pro": ("graduated", (TierSpec(500_000, "0.03", flat_amount=5_000), TierSpec(None, "0.015"))),
+    "pro": (
+        "graduated",
+        (TierSpec(500_000, Decimal("0.03"), flat_amount=5_000), TierSpec(None, Decimal("0.015"))),
+    ),
     "messages": (
         "volume",
-        (TierSpec(200_000, "0.05"), TierSpec(1_000_000, "0.03"), TierSpec(None, "0.02")),
+        (
+            TierSpec(200_000, Decimal("0.05")),
+            TierSpec(1_000_000, Decimal("0.03")),
+            TierSpec(None, Decimal("0.02")),
+        ),
     ),
     "messages_base_fee": (
         "volume",
-        (TierSpec(100_000, "0.05", flat_amount=2_500), TierSpec(None, "0.04", flat_amount=1_000)),
+        (
+            TierSpec(100_000, Decimal("0.05"), flat_amount=2_500),
+            TierSpec(None, Decimal("0.04"), flat_amount=1_000),
+        ),
     ),
 }
 METERS = ("api_calls", "messages")

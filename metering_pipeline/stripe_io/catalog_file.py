@@ -16,7 +16,7 @@ import stripe
 
 from metering_pipeline.billing.identifiers import idempotency_key
 from metering_pipeline.stripe_io import convert
-from metering_pipeline.stripe_io.provision import Provisioner
+from metering_pipeline.stripe_io.provision import Provisioner, tier_params
 from metering_pipeline.stripe_setup.plan import (
     CatalogPlan,
     Change,
@@ -166,14 +166,7 @@ class CatalogApplier(Provisioner):
             params |= {
                 "billing_scheme": "tiered",
                 "tiers_mode": spec.tiers_mode,
-                "tiers": [
-                    {
-                        "up_to": "inf" if tier.up_to is None else tier.up_to,
-                        "unit_amount_decimal": str(tier.unit_amount_decimal),
-                        **({"flat_amount": tier.flat_amount} if tier.flat_amount else {}),
-                    }
-                    for tier in spec.tiers
-                ],
+                "tiers": [tier_params(tier) for tier in spec.tiers],
             }
         obj = self._api.prices.create(params, _key("price", spec.lookup_key, params))
         ids.prices[spec.lookup_key] = obj.id

@@ -11,16 +11,9 @@ from datetime import UTC, datetime
 
 import stripe
 
+from metering_pipeline.stripe_setup.spec import TierSpec
+
 CLOCK_READY_TIMEOUT_SECONDS = 120
-
-
-@dataclass(frozen=True)
-class TierSpec:
-    """One price tier in Stripe's terms: minor units, ``up_to=None`` for ``inf``."""
-
-    up_to: int | None
-    unit_amount_decimal: str
-    flat_amount: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +66,7 @@ class Provisioner:
                 "product": product.id,
                 "billing_scheme": "tiered",
                 "tiers_mode": mode,
-                "tiers": [_tier(tier) for tier in tiers],
+                "tiers": [tier_params(tier) for tier in tiers],
                 "recurring": {"interval": "month", "usage_type": "metered", "meter": meter_id},
             }
         )
@@ -141,10 +134,11 @@ class Provisioner:
         )
 
 
-def _tier(tier: TierSpec) -> dict:
+def tier_params(tier: TierSpec) -> dict:
+    """One tier as Stripe's create-price parameters take it."""
     spec: dict = {
         "up_to": "inf" if tier.up_to is None else tier.up_to,
-        "unit_amount_decimal": tier.unit_amount_decimal,
+        "unit_amount_decimal": str(tier.unit_amount_decimal),
     }
     if tier.flat_amount:
         spec["flat_amount"] = tier.flat_amount

@@ -24,7 +24,7 @@ import duckdb
 import pytest
 
 from metering_pipeline.demo import CUSTOMERS, PLAN_CHANGE_AT, PLANS, DemoResult, run_demo
-from metering_pipeline.stripe_io.provision import TierSpec
+from metering_pipeline.stripe_setup.spec import TierSpec
 
 E2E_EVENTS = 20_000
 # A billing period is ~800 hourly partitions through every stage, three times, and each run's

@@ -19,6 +19,7 @@ import stripe
 import yaml
 
 from metering_pipeline.cli import parse_args
+from metering_pipeline.stripe_setup.spec import TierSpec
 from metering_pipeline_tests.e2e.test_billing_period import tier_amount
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,24 +95,17 @@ def expected_amounts(source: Path) -> dict[str, int]:
             quantity = usage.get((subscription["customer"], price["meter"]), Decimal(0))
             if "tiers" in price:
                 tiers = tuple(
-                    _Tier(None if tier["up_to"] == "inf" else tier["up_to"],
-                          tier["unit_amount_decimal"], tier.get("flat_amount", 0))
+                    TierSpec(None if tier["up_to"] == "inf" else tier["up_to"],
+                             Decimal(tier["unit_amount_decimal"]), tier.get("flat_amount", 0))
                     for tier in price["tiers"]
                 )  # fmt: skip
                 amounts[subscription["customer"]] += tier_amount(
                     price["tiers_mode"], tiers, quantity
                 )
             else:
-                tiers = (_Tier(None, price["unit_amount_decimal"], 0),)
+                tiers = (TierSpec(None, Decimal(price["unit_amount_decimal"])),)
                 amounts[subscription["customer"]] += tier_amount("graduated", tiers, quantity)
     return dict(amounts)
-
-
-class _Tier:
-    def __init__(self, up_to: int | None, unit_amount_decimal: str, flat_amount: int) -> None:
-        self.up_to = up_to
-        self.unit_amount_decimal = unit_amount_decimal
-        self.flat_amount = flat_amount
 
 
 def finalized_invoices(base: str) -> dict[str, int]:
