@@ -238,10 +238,15 @@ def test_a_plan_change_gap_is_priced_at_the_old_price_as_the_increment_on_its_ti
     (customer,), (clock,), (subscription,) = world.customers, world.clocks, world.subscriptions
     old_price = world.price
     new_price = metered_price(stripe_client, world.meter.id, unit_amount=3)
+    # Each run covers only the hours that changed: the marts rebuild the whole period anyway, and
+    # the push brings every key of the periods the window touches to the marts.
+    before_hour, late_hour, new_hour = "2026-11-10-00:00", "2026-11-12-00:00", "2026-11-20-06:00"
     world.add_usage(
-        [("before", customer, "api_calls", 1500, moment(ts(2026, 11, 10)))], FIRST_HOUR, LAST_HOUR
+        [("before", customer, "api_calls", 1500, moment(ts(2026, 11, 10)))],
+        before_hour,
+        before_hour,
     )
-    assert world.push().success  # Stripe has the 1500 before the change
+    assert world.push(before_hour, before_hour).success  # Stripe has the 1500 before the change
 
     (item,) = subscription["items"]["data"]
     stripe_client.v1.subscriptions.update(
@@ -251,14 +256,12 @@ def test_a_plan_change_gap_is_priced_at_the_old_price_as_the_increment_on_its_ti
     world.sync()
     # 700 units of Nov 12 (old price) reach us after the change, and 50 on the new price
     world.add_usage(
-        [
-            ("late-old", customer, "api_calls", 700, moment(ts(2026, 11, 12))),
-            ("new", customer, "api_calls", 50, moment(ts(2026, 11, 20, 6))),
-        ],
-        FIRST_HOUR,
-        "2026-11-20-23:00",
+        [("late-old", customer, "api_calls", 700, moment(ts(2026, 11, 12)))], late_hour, late_hour
     )
-    result = world.push(FIRST_HOUR, "2026-11-20-23:00")
+    world.add_usage(
+        [("new", customer, "api_calls", 50, moment(ts(2026, 11, 20, 6)))], new_hour, new_hour
+    )
+    result = world.push(new_hour, new_hour)
 
     assert result.success
     rows = query(
@@ -276,7 +279,7 @@ def test_a_plan_change_gap_is_priced_at_the_old_price_as_the_increment_on_its_ti
         (old_price.id, Decimal(2200 - billed), Decimal(billed), owed, "plan_change", "held")
     ]
     # a second run queues nothing more
-    assert world.push(FIRST_HOUR, "2026-11-20-23:00").success
+    assert world.push(new_hour, new_hour).success
     assert query(duckdb_url, "select count(*) from metering.late_usage") == [(1,)]
     # the new price's usage went to Stripe, stamped inside the new item's window
     summaries = stripe_client.v1.billing.meters.event_summaries.list(
