@@ -70,13 +70,8 @@ def priced_usage() -> dg.MaterializeResult:
     )
 
 
-def test_a_failed_run_is_posted_with_its_job_partition_and_error_without_the_key(webhook):
-    instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        [pushes_to_stripe], instance=instance, partition_key="2026-11-20-10:00",
-        raise_on_error=False,
-    )  # fmt: skip
-    assert not result.success
+def alert_run_failure(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) -> None:
+    """What the run-failure sensor does when it sees this failed run."""
     context = dg.build_run_status_sensor_context(
         sensor_name=run_failure_alert.name,
         dagster_event=result.get_run_failure_event(),
@@ -84,6 +79,16 @@ def test_a_failed_run_is_posted_with_its_job_partition_and_error_without_the_key
         dagster_run=result.dagster_run,
     ).for_run_failure()
     run_failure_alert(context)
+
+
+def test_a_failed_run_is_posted_with_its_job_partition_and_error_without_the_key(webhook):
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [pushes_to_stripe], instance=instance, partition_key="2026-11-20-10:00",
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not result.success
+    alert_run_failure(result, instance)
 
     [post] = webhook.posts
     assert post["kind"] == "run_failure"

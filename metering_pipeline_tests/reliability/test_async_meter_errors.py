@@ -17,7 +17,6 @@ import dagster as dg
 import pytest
 
 from metering_pipeline.billing.ledger import LedgerEntry, plan_push
-from metering_pipeline.defs.automation.alerts import run_failure_alert
 from metering_pipeline.defs.automation.meter_errors import (
     meter_event_rejections,
     stripe_meter_errors,
@@ -35,7 +34,10 @@ from metering_pipeline.push.tables import (
 from metering_pipeline.stripe_io import convert
 from metering_pipeline.stripe_io.gateway import StripeGateway
 from metering_pipeline.warehouse import Database
-from metering_pipeline_tests.integration.test_automation_alerts import webhook  # noqa: F401
+from metering_pipeline_tests.integration.test_automation_alerts import (  # noqa: F401
+    alert_run_failure,
+    webhook,
+)
 from metering_pipeline_tests.sandbox.support import meter
 
 PERIOD = (datetime(2026, 11, 5, tzinfo=UTC), datetime(2026, 12, 5, tzinfo=UTC))
@@ -169,13 +171,7 @@ def test_rejections_mark_the_ledger_and_fail_loudly_every_time(
     assert "meter_event_customer_not_found" in error and customer in error
 
     # the alert an operator receives names it too
-    context = dg.build_run_status_sensor_context(
-        sensor_name=run_failure_alert.name,
-        dagster_event=result.get_run_failure_event(),
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-    ).for_run_failure()
-    run_failure_alert(context)
+    alert_run_failure(result, instance)
     [post] = webhook.posts
     assert post["job"] == "meter_event_rejections"
     assert "meter_event_customer_not_found" in post["error"] and "NOT billed" in post["error"]

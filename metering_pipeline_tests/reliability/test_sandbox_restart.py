@@ -9,12 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 import stripe
 
@@ -28,6 +26,7 @@ from metering_pipeline_tests.sandbox.support import (
     subscribe,
     ts,
     usage,
+    wait_until_serving,
 )
 
 NOV_5, NOV_15 = ts(2026, 11, 5), ts(2026, 11, 15)
@@ -54,15 +53,7 @@ def served(state: Path, *extra: str) -> Iterator[stripe.StripeClient]:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/_sandbox/stats", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read()
-                assert time.monotonic() < deadline, "the sandbox did not start within 20 s"
-                time.sleep(0.05)
+        wait_until_serving(url, process)
         yield stripe.StripeClient(
             "sk_test_restart", base_addresses={"api": url, "meter_events": url}
         )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import UTC, datetime
 
+import httpx
 import stripe
 
 GRADUATED = [
@@ -88,3 +90,16 @@ def invoices(client: stripe.StripeClient, customer_id: str, reason: str = "subsc
     """The customer's invoices with that billing reason, oldest first."""
     found = client.v1.invoices.list({"customer": customer_id, "limit": 100}).data
     return [invoice for invoice in reversed(found) if invoice.billing_reason == reason]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, seconds: float = 20) -> None:
+    """Block until a sandbox started as a separate process answers, or fail with its output."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/_sandbox/stats", timeout=1)
+            return
+        except httpx.TransportError:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, f"the sandbox did not start within {seconds} s"
+            time.sleep(0.05)

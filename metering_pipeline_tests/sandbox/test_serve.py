@@ -6,10 +6,10 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import stripe
+
+from metering_pipeline_tests.sandbox.support import wait_until_serving
 
 
 def _free_port() -> int:
@@ -29,15 +29,7 @@ def test_metering_sandbox_command_serves_the_api(tmp_path):
         env={**os.environ, "METERING_HOME": str(tmp_path)},  # its state file goes there
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/_sandbox/stats", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, process.stdout.read()
-                assert time.monotonic() < deadline, "the sandbox did not start within 20 s"
-                time.sleep(0.1)
+        wait_until_serving(url, process)
         client = stripe.StripeClient("sk_test_cli", base_addresses={"api": url})
         product = client.v1.products.create({"name": "served"})
         assert client.v1.products.retrieve(product.id).name == "served"
